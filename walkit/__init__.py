@@ -1,0 +1,43 @@
+"""walkit: MongoDB backups when the off-site service allows one call per day.
+
+The public API is what ``__all__`` lists; everything else is private and may
+change.  See README.md for the strategy and the commands.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from typing import TYPE_CHECKING
+
+from .clock import Clock, SimulatedClock, SystemClock
+from .errors import ConfigError, NotAReplicaSetError, SandboxError, ServerError, WalkitError
+from .mongo import connect, describe_error, require_replica_set
+
+__all__ = [
+    "__version__",
+    "sandbox",
+    "Clock",
+    "SystemClock",
+    "SimulatedClock",
+    "WalkitError",
+    "ConfigError",
+    "ServerError",
+    "NotAReplicaSetError",
+    "SandboxError",
+    "connect",
+    "describe_error",
+    "require_replica_set",
+]
+
+if TYPE_CHECKING:
+    from . import sandbox
+
+
+def __getattr__(name: str) -> object:
+    # The sandbox needs the [sandbox] extra (mongomock-ng): import it on first use.
+    if name == "sandbox":
+        import importlib
+
+        return importlib.import_module(".sandbox", __name__)
+    raise AttributeError(f"module 'walkit' has no attribute {name!r}")

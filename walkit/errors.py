@@ -1,0 +1,49 @@
+"""The walkit exception tree.
+
+Every error walkit raises on purpose is a :class:`WalkitError`; the CLI turns
+it into one clear line and a non-zero exit code, never a traceback::
+
+    WalkitError                  base; ``exit_code`` says how the CLI exits
+    ├── ConfigError              a bad setting or argument (exit 2)
+    ├── ServerError              the MongoDB deployment cannot do what is needed
+    │   └── NotAReplicaSetError  change streams need a replica set (exit 2)
+    └── SandboxError             the embedded sandbox could not start or serve
+
+Guaranteed: each message names what was wrong and what to do about it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "WalkitError",
+    "ConfigError",
+    "ServerError",
+    "NotAReplicaSetError",
+    "SandboxError",
+]
+
+
+class WalkitError(Exception):
+    """Base of every error walkit raises on purpose."""
+
+    exit_code: int = 1
+
+
+class ConfigError(WalkitError):
+    """A setting, argument or environment variable has a bad value."""
+
+    exit_code = 2
+
+
+class ServerError(WalkitError):
+    """The MongoDB deployment cannot do what walkit needs."""
+
+
+class NotAReplicaSetError(ServerError):
+    """The server is standalone, so it has no change streams."""
+
+    exit_code = 2
+
+
+class SandboxError(WalkitError):
+    """The embedded sandbox server could not start or serve."""

@@ -1,0 +1,63 @@
+"""Connecting to MongoDB through pymongo, and saying clearly what went wrong.
+
+Guaranteed: :func:`describe_error` turns the pymongo errors a user can cause
+(unreachable server, standalone server, bad URI, auth) into one sentence
+with what to do; it returns None for anything it does not recognise.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pymongo
+from pymongo import errors as pm
+
+from .errors import ConfigError, NotAReplicaSetError
+
+STANDALONE_FIX = (
+    "change streams need a replica set: restart mongod with --replSet rs0 "
+    "and run rs.initiate() once in mongosh (or use `walkit sandbox` for development)"
+)
+
+
+def connect(uri: str, timeout_ms: int = 10_000, **kwargs: Any) -> pymongo.MongoClient:
+    """A client for ``uri`` (no I/O yet); a bad URI is a ConfigError."""
+    try:
+        return pymongo.MongoClient(uri, serverSelectionTimeoutMS=timeout_ms, tz_aware=True, **kwargs)
+    except (pm.ConfigurationError, pm.InvalidURI, ValueError, TypeError) as exc:
+        raise ConfigError(f"bad MongoDB URI {redact(uri)!r}: {exc}") from None
+
+
+def require_replica_set(client: pymongo.MongoClient) -> dict[str, Any]:
+    """The server's ``hello``; NotAReplicaSetError if it has no change streams."""
+    hello = client.admin.command("hello")
+    if not hello.get("setName") and hello.get("msg") != "isdbgrid":
+        raise NotAReplicaSetError(f"{client.address[0]}:{client.address[1]} is a standalone server; {STANDALONE_FIX}")
+    return hello
+
+
+def redact(uri: str) -> str:
+    """``uri`` with any password replaced by ``***``."""
+    scheme, sep, rest = uri.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if not at or ":" not in creds:
+        return uri
+    user = creds.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{host}"
+
+
+def describe_error(exc: BaseException) -> str | None:
+    """One clear sentence for a pymongo error a user can cause, else None."""
+    if isinstance(exc, pm.ServerSelectionTimeoutError):
+        return f"cannot reach MongoDB ({exc.__class__.__name__}): is the server running and the URI right? details: {str(exc).split(',')[0]}"
+    if isinstance(exc, pm.OperationFailure):
+        if exc.code == 40573 or "only supported on replica sets" in str(exc):
+            return f"the server is standalone; {STANDALONE_FIX}"
+        if exc.code in (13, 18):
+            return f"MongoDB refused the credentials or the action ({exc.code}): {exc.details.get('errmsg') if exc.details else exc}"
+        return f"MongoDB error {exc.code}: {exc.details.get('errmsg') if exc.details else exc}"
+    if isinstance(exc, (pm.ConfigurationError, pm.InvalidURI)):
+        return f"bad MongoDB settings: {exc}"
+    if isinstance(exc, pm.AutoReconnect):
+        return f"lost the connection to MongoDB: {exc}"
+    return None

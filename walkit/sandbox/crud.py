@@ -1,0 +1,428 @@
+"""CRUD commands of the sandbox: insert, update, delete, findAndModify, find,
+getMore, killCursors, aggregate, count, distinct.
+
+Every write reads the document before and after the change and logs the
+pair, so change events carry exact ``updateDescription``s and transactions
+can be undone.  A no-op update logs nothing, as in MongoDB.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import bson
+import mongomock_ng
+from bson.int64 import Int64
+
+from .diff import update_description
+from .engine import Ctx, Engine, command
+from .errors import CommandError
+from .sessions import WAIT_FOR_TXN
+from .wire import CODEC, MAX_BSON_SIZE
+
+DEFAULT_FIRST_BATCH = 101
+MAX_BATCH_BYTES = MAX_BSON_SIZE
+
+
+@dataclass
+class IterCursor:
+    """A server-side cursor over a finite result (find, aggregate, lists)."""
+
+    ns: str
+    docs: Iterator[dict[str, Any]]
+    kind: str = "iter"
+
+
+def _bytes(doc: dict[str, Any]) -> bytes:
+    return bson.encode(doc, codec_options=CODEC)
+
+
+def _encodable(value: Any) -> bool:
+    try:
+        bson.encode({"v": value}, codec_options=CODEC)
+    except (bson.errors.InvalidDocument, TypeError, OverflowError):
+        return False
+    return True
+
+
+def _id_first(doc: dict[str, Any]) -> dict[str, Any]:
+    if "_id" in doc and next(iter(doc)) != "_id":
+        return {"_id": doc["_id"], **{k: v for k, v in doc.items() if k != "_id"}}
+    return doc
+
+
+def _sort(spec: Any) -> list[tuple[str, Any]] | None:
+    if not spec:
+        return None
+    if not isinstance(spec, dict):
+        raise CommandError(14, f"sort must be a document, got {type(spec).__name__}")
+    return list(spec.items())
+
+
+def take_batch(docs: Iterator[dict[str, Any]], size: int) -> tuple[list[dict[str, Any]], bool]:
+    """Up to ``size`` documents (0 = no count limit) within 16 MiB; (batch, exhausted)."""
+    batch: list[dict[str, Any]] = []
+    used = 0
+    for doc in docs:
+        batch.append(doc)
+        used += len(_bytes(doc)) if len(batch) > 100 else 0
+        if (size and len(batch) >= size) or used >= MAX_BATCH_BYTES:
+            return batch, False
+    return batch, True
+
+
+def cursor_reply(eng: Engine, ns: str, docs: Iterator[dict[str, Any]], batch_size: int | None, single: bool = False) -> dict[str, Any]:
+    """Reply with the first batch, keeping a cursor open if more remain."""
+    size = DEFAULT_FIRST_BATCH if batch_size is None else int(batch_size)
+    batch, done = take_batch(docs, size)
+    cid = 0
+    if not done and not single:
+        cid = eng.add_cursor(IterCursor(ns, docs))
+    return {"cursor": {"firstBatch": batch, "id": Int64(cid), "ns": ns}}
+
+
+def _claimed_ids(eng: Engine, ctx: Ctx, coll: Any, query: Any, multi: bool, sort: Any = None) -> list[Any]:
+    """_ids of the documents a write will touch, none held by another transaction."""
+    if not isinstance(query, dict):
+        raise CommandError(14, f"the query must be a document, got {type(query).__name__}")
+    deadline = time.monotonic() + WAIT_FOR_TXN
+    while True:
+        found = coll.find(query, {"_id": 1}, sort=sort)
+        if not multi:
+            found = found.limit(1)
+        ids = [d["_id"] for d in found]
+        if eng.sessions.claim(ctx, ctx.db, coll.name, ids):
+            return ids
+        eng.sessions.wait_for_release(deadline)
+
+
+def _write_error(index: int, exc: Exception) -> dict[str, Any]:
+    code = getattr(exc, "code", None) or 2
+    err: dict[str, Any] = {"index": index, "code": code, "errmsg": str(exc)}
+    details = getattr(exc, "details", None) or {}
+    for key in ("keyPattern", "keyValue"):
+        if isinstance(details.get(key), dict):
+            # mongomock-ng marks a missing field with a sentinel; MongoDB says null.
+            err[key] = {k: (v if _encodable(v) else None) for k, v in details[key].items()}
+    if code == 11000:
+        pattern = err.get("keyPattern") or {"_id": 1}
+        index = "_id_" if list(pattern) == ["_id"] else "_".join(f"{k}_{v}" for k, v in pattern.items())
+        err["errmsg"] = f"E11000 duplicate key error collection: {{ns}} index: {index} dup key: {err.get('keyValue')}"
+    return err
+
+
+def _writes_reply(n: int, errors: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    reply: dict[str, Any] = {"n": n, **extra}
+    if errors:
+        reply["writeErrors"] = errors
+    return reply
+
+
+# -- insert -----------------------------------------------------------------------
+
+
+@command("insert")
+def _insert(eng: Engine, ctx: Ctx) -> dict[str, Any]:
+    name = ctx.target
+    coll = eng.coll(ctx.db, name)
+    ordered = ctx.arg("ordered", True)
+    docs = ctx.docs("documents")
+    n = 0
+    errors: list[dict[str, Any]] = []
+    for index, doc in enumerate(docs):
+        try:
+            if "_id" not in doc:
+                doc = {"_id": bson.ObjectId(), **doc}
+            doc = _id_first(doc)
+            if len(_bytes(doc)) > MAX_BSON_SIZE:
+                raise CommandError(10334, f"object to insert too large: document {index} exceeds {MAX_BSON_SIZE} bytes")
+            eng.sessions.claim(ctx, ctx.db, name, [doc["_id"]])
+            entry = eng.new_entry("insert", ctx.db, name, doc_key={"_id": doc["_id"]}, post=doc)
+            coll.insert_one(doc)
+            eng.info(ctx.db, name)
+            entry.images = eng.info(ctx.db, name).images
+            eng.record(ctx, entry)
+            n += 1
+        except (mongomock_ng.OperationFailure, CommandError) as exc:
+            if isinstance(exc, CommandError) and exc.code == 112:
+                raise
+            errors.append(_write_error(index, exc))
+            if ordered:
+                break
+    return _writes_reply(n, [_ns_errmsg(e, ctx.db, name) for e in errors])
+
+
+def _ns_errmsg(err: dict[str, Any], db: str, name: str) -> dict[str, Any]:
+    err["errmsg"] = err["errmsg"].replace("{ns}", f"{db}.{name}")
+    return err
+
+
+# -- update -----------------------------------------------------------------------
+
+
+def _is_replacement(update: Any) -> bool:
+    if isinstance(update, list):
+        return False
+    if not isinstance(update, dict):
+        raise CommandError(14, f"the update must be a document or a pipeline, got {type(update).__name__}")
+    return not any(k.startswith("$") for k in update)
+
+
+def _log_change(eng: Engine, ctx: Ctx, name: str, key: Any, pre: dict[str, Any], post: dict[str, Any] | None, replacement: bool) -> bool:
+    """Log the change of one document; False when nothing changed."""
+    if post is None or _bytes(pre) == _bytes(post):
+        return False
+    desc = None if replacement else update_description(pre, post)
+    op = "replace" if desc is None else "update"
+    eng.record(ctx, eng.new_entry(op, ctx.db, name, doc_key={"_id": key}, pre=pre, post=post, update=desc))
+    return True
+
+
+def _upsert(eng: Engine, ctx: Ctx, coll: Any, query: dict[str, Any], update: Any, replacement: bool, array_filters: Any) -> Any:
+    if replacement:
+        result = coll.replace_one(query, update, upsert=True)
+    else:
+        result = coll.update_one(query, update, upsert=True, array_filters=array_filters)
+    key = result.upserted_id
+    post = _id_first(coll.find_one({"_id": key}))
+    if next(iter(post)) == "_id" and list(coll.find_one({"_id": key})) != list(post):
+        coll.replace_one({"_id": key}, post)
+    eng.sessions.claim(ctx, ctx.db, coll.name, [key])
+    eng.info(ctx.db, coll.name)
+    eng.record(ctx, eng.new_entry("insert", ctx.db, coll.name, doc_key={"_id": key}, post=post))
+    return key
+
+
+def _check_id_kept(update: dict[str, Any], key: Any) -> None:
+    if "_id" in update and _bytes({"k": update["_id"]}) != _bytes({"k": key}):
+        raise CommandError(66, "After applying the update, the (immutable) field '_id' was found to have been altered")
+
+
+def _apply_update(eng: Engine, ctx: Ctx, coll: Any, stmt: dict[str, Any]) -> tuple[int, int, Any]:
+    """Run one update statement: (matched, modified, upserted _id or None)."""
+    query = stmt.get("q") or {}
+    update = stmt.get("u")
+    multi = bool(stmt.get("multi", False))
+    array_filters = stmt.get("arrayFilters")
+    replacement = _is_replacement(update)
+    if replacement and multi:
+        raise CommandError(9, "multi update is not supported for replacement-style update")
+    ids = _claimed_ids(eng, ctx, coll, query, multi)
+    if not ids:
+        if stmt.get("upsert"):
+            return 0, 0, _upsert(eng, ctx, coll, query, update, replacement, array_filters)
+        return 0, 0, None
+    pres = [coll.find_one({"_id": key}) for key in ids]
+    if replacement:
+        _check_id_kept(update, ids[0])
+        coll.replace_one({"_id": ids[0]}, {"_id": ids[0], **{k: v for k, v in update.items() if k != "_id"}})
+    elif multi:
+        coll.update_many(query, update, array_filters=array_filters)
+    else:
+        coll.update_one(query, update, array_filters=array_filters)
+    modified = 0
+    for key, pre in zip(ids, pres, strict=True):
+        post = coll.find_one({"_id": key})
+        modified += _log_change(eng, ctx, coll.name, key, pre, post, replacement)
+    return len(ids), modified, None
+
+
+@command("update")
+def _update(eng: Engine, ctx: Ctx) -> dict[str, Any]:
+    name = ctx.target
+    coll = eng.coll(ctx.db, name)
+    ordered = ctx.arg("ordered", True)
+    matched = modified = 0
+    upserted: list[dict[str, Any]] = []
+    errors: list[dict[str, Any]] = []
+    for index, stmt in enumerate(ctx.docs("updates")):
+        try:
+            n, m, key = _apply_update(eng, ctx, coll, stmt)
+        except (mongomock_ng.OperationFailure, CommandError) as exc:
+            if isinstance(exc, CommandError) and exc.code == 112:
+                raise
+            errors.append(_ns_errmsg(_write_error(index, exc), ctx.db, name))
+            if ordered:
+                break
+            continue
+        matched += n
+        modified += m
+        if key is not None:
+            upserted.append({"index": index, "_id": key})
+    extra: dict[str, Any] = {"nModified": modified}
+    if upserted:
+        extra["upserted"] = upserted
+    return _writes_reply(matched + len(upserted), errors, **extra)
+
+
+# -- delete -----------------------------------------------------------------------
+
+
+@command("delete")
+def _delete(eng: Engine, ctx: Ctx) -> dict[str, Any]:
+    name = ctx.target
+    coll = eng.coll(ctx.db, name)
+    ordered = ctx.arg("ordered", True)
+    n = 0
+    errors: list[dict[str, Any]] = []
+    for index, stmt in enumerate(ctx.docs("deletes")):
+        try:
+            limit = stmt.get("limit", 0)
+            if limit not in (0, 1):
+                raise CommandError(9, f"The limit field in delete objects must be 0 or 1. Got {limit}")
+            for key in _claimed_ids(eng, ctx, coll, stmt.get("q", {}), multi=limit == 0):
+                n += _delete_one(eng, ctx, coll, key) is not None
+        except (mongomock_ng.OperationFailure, CommandError) as exc:
+            if isinstance(exc, CommandError) and exc.code == 112:
+                raise
+            errors.append(_write_error(index, exc))
+            if ordered:
+                break
+    return _writes_reply(n, errors)
+
+
+def _delete_one(eng: Engine, ctx: Ctx, coll: Any, key: Any) -> dict[str, Any] | None:
+    pre = coll.find_one({"_id": key})
+    if pre is None:
+        return None
+    coll.delete_one({"_id": key})
+    eng.record(ctx, eng.new_entry("delete", ctx.db, coll.name, doc_key={"_id": key}, pre=pre))
+    return pre
+
+
+# -- findAndModify ---------------------------------------------------------------------
+
+
+def _project(eng: Engine, ctx: Ctx, doc: dict[str, Any] | None, fields: Any) -> dict[str, Any] | None:
+    if doc is None or not fields:
+        return doc
+    from mongomock_ng.aggregate import process_pipeline
+
+    out = list(process_pipeline([doc], eng.client[ctx.db], [{"$project": fields}], None))
+    return _id_first(out[0]) if out else None
+
+
+@command("findAndModify", "findandmodify")
+def _find_and_modify(eng: Engine, ctx: Ctx) -> dict[str, Any]:
+    name = ctx.target
+    coll = eng.coll(ctx.db, name)
+    query = ctx.arg("query") or {}
+    sort = _sort(ctx.arg("sort"))
+    update = ctx.arg("update")
+    fields = ctx.arg("fields")
+    if ctx.arg("remove"):
+        if update is not None:
+            raise CommandError(9, "Cannot specify both an update and remove=true")
+        ids = _claimed_ids(eng, ctx, coll, query, False, sort)
+        pre = _delete_one(eng, ctx, coll, ids[0]) if ids else None
+        return {"lastErrorObject": {"n": int(pre is not None)}, "value": _project(eng, ctx, pre, fields)}
+    if update is None:
+        raise CommandError(9, "Either an update or remove=true must be specified")
+    replacement = _is_replacement(update)
+    ids = _claimed_ids(eng, ctx, coll, query, False, sort)
+    if not ids:
+        if not ctx.arg("upsert"):
+            return {"lastErrorObject": {"n": 0, "updatedExisting": False}, "value": None}
+        key = _upsert(eng, ctx, coll, query, update, replacement, ctx.arg("arrayFilters"))
+        value = coll.find_one({"_id": key}) if ctx.arg("new") else None
+        return {
+            "lastErrorObject": {"n": 1, "updatedExisting": False, "upserted": key},
+            "value": _project(eng, ctx, value and _id_first(value), fields),
+        }
+    key = ids[0]
+    pre = coll.find_one({"_id": key})
+    if replacement:
+        _check_id_kept(update, key)
+        coll.replace_one({"_id": key}, {"_id": key, **{k: v for k, v in update.items() if k != "_id"}})
+    else:
+        coll.find_one_and_update(query, update, sort=sort, array_filters=ctx.arg("arrayFilters"))
+    post = coll.find_one({"_id": key})
+    _log_change(eng, ctx, name, key, pre, post, replacement)
+    value = post if ctx.arg("new") else pre
+    return {"lastErrorObject": {"n": 1, "updatedExisting": True}, "value": _project(eng, ctx, value, fields)}
+
+
+# -- reads ------------------------------------------------------------------------
+
+
+@command("find")
+def _find(eng: Engine, ctx: Ctx) -> dict[str, Any]:
+    name = ctx.target
+    coll = eng.coll(ctx.db, name)
+    query = ctx.arg("filter") or {}
+    if not isinstance(query, dict):
+        raise CommandError(14, "filter must be a document")
+    limit = int(ctx.arg("limit") or 0)
+    projection = ctx.arg("projection") or None
+    cursor = coll.find(query, projection, skip=int(ctx.arg("skip") or 0), limit=abs(limit), sort=_sort(ctx.arg("sort")))
+    docs = (_id_first(d) for d in cursor) if projection else iter(cursor)
+    single = bool(ctx.arg("singleBatch")) or limit < 0
+    batch_size = ctx.arg("batchSize")
+    if limit and (batch_size is None or abs(limit) < batch_size):
+        batch_size = abs(limit)
+    return cursor_reply(eng, f"{ctx.db}.{name}", docs, batch_size, single)
+
+
+@command("getMore")
+def _get_more(eng: Engine, ctx: Ctx) -> dict[str, Any]:
+    cid = int(ctx.body["getMore"])
+    cursor = eng.cursors.get(cid)
+    if cursor is None:
+        raise CommandError(43, f"cursor id {cid} not found")
+    eng.cursor_seen[cid] = time.monotonic()
+    if cursor.kind == "changestream":
+        from .changestream import get_more
+
+        return get_more(eng, cid, cursor, ctx.arg("batchSize"), ctx.arg("maxTimeMS"))
+    batch, done = take_batch(cursor.docs, int(ctx.arg("batchSize") or 0))
+    if done:
+        eng.cursors.pop(cid, None)
+        eng.cursor_seen.pop(cid, None)
+    return {"cursor": {"nextBatch": batch, "id": Int64(0 if done else cid), "ns": cursor.ns}}
+
+
+@command("killCursors")
+def _kill_cursors(eng: Engine, ctx: Ctx) -> dict[str, Any]:
+    killed, missing = [], []
+    for cid in ctx.arg("cursors") or []:
+        if eng.cursors.pop(int(cid), None) is not None:
+            eng.cursor_seen.pop(int(cid), None)
+            killed.append(Int64(cid))
+        else:
+            missing.append(Int64(cid))
+    return {"cursorsKilled": killed, "cursorsNotFound": missing, "cursorsAlive": [], "cursorsUnknown": []}
+
+
+@command("aggregate")
+def _aggregate(eng: Engine, ctx: Ctx) -> dict[str, Any]:
+    pipeline = ctx.arg("pipeline")
+    if not isinstance(pipeline, list):
+        raise CommandError(14, "'pipeline' option must be specified as an array")
+    batch_size = (ctx.arg("cursor") or {}).get("batchSize")
+    if pipeline and isinstance(pipeline[0], dict) and "$changeStream" in pipeline[0]:
+        from .changestream import open_stream
+
+        return open_stream(eng, ctx, pipeline, batch_size)
+    target = ctx.body[ctx.name]
+    if not isinstance(target, str):
+        raise CommandError(115, "the walkit sandbox runs collection-level aggregations only (and $changeStream)")
+    result = eng.coll(ctx.db, target).aggregate(pipeline)
+    return cursor_reply(eng, f"{ctx.db}.{target}", iter(result), batch_size)
+
+
+@command("count")
+def _count(eng: Engine, ctx: Ctx) -> dict[str, Any]:
+    kwargs = {k: int(ctx.arg(k)) for k in ("limit", "skip") if ctx.arg(k)}
+    n = eng.coll(ctx.db, ctx.target).count_documents(ctx.arg("query") or {}, **kwargs)
+    return {"n": n}
+
+
+@command("distinct")
+def _distinct(eng: Engine, ctx: Ctx) -> dict[str, Any]:
+    key = ctx.arg("key")
+    if not isinstance(key, str):
+        raise CommandError(14, "distinct needs a string 'key'")
+    return {"values": eng.coll(ctx.db, ctx.target).distinct(key, ctx.arg("query") or {})}

@@ -1,0 +1,109 @@
+"""Derive a change event's ``updateDescription`` from before/after images.
+
+MongoDB (5.0+) logs an update as a delta between the old and new document and
+builds ``updateDescription`` from it: ``updatedFields`` maps dotted paths to
+their new absolute values, ``removedFields`` lists dotted paths that are gone,
+and ``truncatedArrays`` lists arrays that were shortened with their new size.
+Applying the three to the old document gives the new one; that is the only
+guarantee, and the property tests check it.  Values are compared as BSON bytes,
+so ``1`` and ``1.0`` differ, as they do to MongoDB.
+
+When no unambiguous dotted-path delta exists (top-level fields reordered, or
+a changed path runs through a key holding ``.`` or made only of digits, which
+MongoDB would flag with ``disambiguatedPaths``), :func:`update_description`
+returns ``None`` and the caller logs a full replacement instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import bson
+
+from .wire import CODEC
+
+
+def _same(a: Any, b: Any) -> bool:
+    if type(a) is not type(b):
+        return False
+    return bson.encode({"v": a}, codec_options=CODEC) == bson.encode({"v": b}, codec_options=CODEC)
+
+
+class _AmbiguousError(Exception):
+    pass
+
+
+def update_description(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``updateDescription`` that turns ``before`` into ``after`` (or None)."""
+    updated: dict[str, Any] = {}
+    removed: list[str] = []
+    truncated: list[dict[str, Any]] = []
+    if list(before) != [k for k in after if k in before]:
+        return None
+    try:
+        _diff_doc("", before, after, updated, removed, truncated)
+    except _AmbiguousError:
+        return None
+    return {"updatedFields": updated, "removedFields": removed, "truncatedArrays": truncated}
+
+
+def _check_key(key: str, in_subdoc: bool) -> None:
+    if "." in key or key.startswith("$") or (in_subdoc and key.isdigit()):
+        raise _AmbiguousError(key)
+
+
+def _diff_doc(
+    prefix: str,
+    before: dict[str, Any],
+    after: dict[str, Any],
+    updated: dict[str, Any],
+    removed: list[str],
+    truncated: list[dict[str, Any]],
+) -> None:
+    if list(before) != [k for k in after if k in before]:
+        # Field order changed: only a whole-value set reproduces it.
+        if prefix:
+            updated[prefix[:-1]] = after
+            return
+    for key in before:
+        if key not in after:
+            _check_key(key, bool(prefix))
+            removed.append(prefix + key)
+    for key, new in after.items():
+        path = prefix + key
+        if key not in before:
+            _check_key(key, bool(prefix))
+            updated[path] = new
+        elif not _same(before[key], new):
+            _check_key(key, bool(prefix))
+            _diff_value(path, before[key], new, updated, removed, truncated)
+
+
+def _diff_value(
+    path: str,
+    old: Any,
+    new: Any,
+    updated: dict[str, Any],
+    removed: list[str],
+    truncated: list[dict[str, Any]],
+) -> None:
+    if isinstance(old, dict) and isinstance(new, dict) and type(old) is type(new):
+        if _same(old, new):
+            return
+        if not old or not new:
+            updated[path] = new
+            return
+        _diff_doc(path + ".", old, new, updated, removed, truncated)
+    elif isinstance(old, list) and isinstance(new, list):
+        if _same(old, new):
+            return
+        if len(new) < len(old):
+            truncated.append({"field": path, "newSize": len(new)})
+        for i, item in enumerate(new):
+            item_path = f"{path}.{i}"
+            if i >= len(old):
+                updated[item_path] = item
+            else:
+                _diff_value(item_path, old[i], item, updated, removed, truncated)
+    elif not _same(old, new):
+        updated[path] = new

@@ -1,0 +1,145 @@
+"""The sandbox's bounded in-memory oplog, cluster time and resume tokens.
+
+Each write appends one :class:`Entry`; all entries of one committed
+transaction share a clusterTime and are told apart by ``txn_index``.  The
+oplog keeps the newest ``max_entries`` entries; once an entry falls off, a
+change stream that would need it gets error 286 (ChangeStreamHistoryLost),
+exactly as MongoDB does when its oplog has rolled over.  History also starts
+at the server's start: tokens from an earlier server instance are lost.
+
+Resume tokens are ``{"_data": <hex>}`` like MongoDB's: opaque to clients,
+ordered by string comparison, encoding (clusterTime, txn index, kind).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from bson.timestamp import Timestamp
+
+from ..clock import Clock
+
+#: Token kinds; the order matters: an invalidate sorts after its cause and a
+#: high-water mark after every event at its clusterTime.
+KIND_EVENT = 0x00
+KIND_INVALIDATE = 0x01
+KIND_HIGH_WATER = 0xFF
+
+MAX_INDEX = 0xFFFFFFFF
+
+Position = tuple[int, int, int]  # (ts.time, ts.inc, txn_index)
+
+
+@dataclass
+class Entry:
+    """One logged change, before it is shaped into a change event."""
+
+    ts: Timestamp
+    wall: datetime
+    op: str  # insert update replace delete drop rename dropDatabase
+    db: str
+    coll: str | None = None
+    doc_key: dict[str, Any] | None = None
+    pre: dict[str, Any] | None = None  # image before the change (update/replace/delete)
+    post: dict[str, Any] | None = None  # image after the change (insert/update/replace)
+    update: dict[str, Any] | None = None  # updateDescription
+    to: tuple[str, str] | None = None  # rename target (db, coll)
+    images: bool = False  # the collection had changeStreamPreAndPostImages
+    lsid: dict[str, Any] | None = None
+    txn_number: int | None = None
+    txn_index: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def position(self) -> Position:
+        return (self.ts.time, self.ts.inc, self.txn_index)
+
+
+def encode_token(pos: Position, kind: int = KIND_EVENT) -> dict[str, str]:
+    """The resume token for an event (or high-water mark) at ``pos``."""
+    t, i, idx = pos
+    return {"_data": f"82{t:08X}{i:08X}{idx:08X}{kind:02X}"}
+
+
+def decode_token(token: Any) -> tuple[Position, int]:
+    """Parse a token produced by :func:`encode_token`; ValueError if foreign."""
+    data = token.get("_data") if isinstance(token, dict) else None
+    if not isinstance(data, str) or len(data) != 28 or not data.startswith("82"):
+        raise ValueError(f"not a resume token of this server: {token!r}")
+    t, i, idx, kind = int(data[2:10], 16), int(data[10:18], 16), int(data[18:26], 16), int(data[26:28], 16)
+    return (t, i, idx), kind
+
+
+class Oplog:
+    """Bounded, append-only log of entries with a monotonic cluster time."""
+
+    def __init__(self, clock: Clock, max_entries: int, lock: threading.RLock) -> None:
+        if max_entries < 1:
+            raise ValueError("the oplog must keep at least one entry")
+        self.clock = clock
+        self.max_entries = max_entries
+        self.entries: deque[Entry] = deque()
+        #: Shares the engine's lock: wait on it (released meanwhile) for appends.
+        self.changed = threading.Condition(lock)
+        start = self._clock_secs()
+        #: The server's start counts as the first operation, as MongoDB's
+        #: initial no-op oplog entry does; history begins after it.
+        self._last = Timestamp(start, 1)
+        #: Positions at or before the floor are no longer in the oplog.
+        self.floor: Position = (start, 1, MAX_INDEX)
+        self.appended = 0
+
+    def _clock_secs(self) -> int:
+        return int(self.clock.now().timestamp())
+
+    def next_ts(self) -> Timestamp:
+        """A new clusterTime, strictly after every earlier one."""
+        secs = self._clock_secs()
+        if secs > self._last.time:
+            self._last = Timestamp(secs, 1)
+        else:
+            self._last = Timestamp(self._last.time, self._last.inc + 1)
+        return self._last
+
+    @property
+    def cluster_time(self) -> Timestamp:
+        """The latest clusterTime handed out (the operationTime of replies)."""
+        return self._last
+
+    def append(self, entries: list[Entry]) -> None:
+        """Append entries (one write, or one whole transaction) and wake readers."""
+        with self.changed:
+            for entry in entries:
+                self.entries.append(entry)
+                self.appended += 1
+            while len(self.entries) > self.max_entries:
+                self.floor = self.entries.popleft().position
+            self.changed.notify_all()
+
+    def high_water(self) -> Position:
+        """A position after every entry logged so far."""
+        return (self._last.time, self._last.inc, MAX_INDEX)
+
+    def lost(self, after: Position) -> bool:
+        """True when some entry after ``after`` has fallen off (or predates the server)."""
+        return after < self.floor
+
+    def read_after(self, after: Position, limit: int) -> list[Entry]:
+        """Up to ``limit`` entries strictly after ``after``, oldest first."""
+        entries = self.entries
+        if not entries or entries[-1].position <= after:
+            return []
+        # Binary search over the deque's positions (entries are in order).
+        lo, hi = 0, len(entries)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if entries[mid].position <= after:
+                lo = mid + 1
+            else:
+                hi = mid
+        return list(itertools.islice(entries, lo, lo + limit))

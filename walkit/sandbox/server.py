@@ -1,0 +1,93 @@
+"""The sandbox's TCP server: one thread per connection, loopback only.
+
+Guaranteed: a connection that sends something that is not a MongoDB message
+(bad framing, unknown opcode, more than 48 MB) is closed without affecting
+any other connection; a well-framed message with bad BSON gets an error
+reply; an unknown command gets ``no such command`` (59).  A client that
+disconnects while its ``getMore`` waits costs nothing but that thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import socket
+import socketserver
+import threading
+from typing import Any
+
+from .engine import Engine
+from .errors import CommandError
+from .wire import BadBSONError, ProtocolError, Request, encode_reply, read_request
+
+log = logging.getLogger("walkit.sandbox")
+
+
+class _Handler(socketserver.BaseRequestHandler):
+    server: SandboxTCPServer
+
+    def handle(self) -> None:
+        sock: socket.socket = self.request
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        engine = self.server.engine
+        conn_id = engine.new_connection()
+        self.server.track(sock, True)
+        try:
+            while not self.server.stopping.is_set():
+                try:
+                    req = read_request(sock)
+                except BadBSONError as exc:
+                    req = Request(exc.request_id, exc.op_code, {})
+                    reply: dict[str, Any] = engine._finish(CommandError(22, str(exc)).reply())
+                else:
+                    reply = engine.run(req, conn_id)
+                    if req.more_to_come:
+                        continue
+                try:
+                    data = encode_reply(req, reply, self.server.next_id())
+                except Exception as exc:  # an unencodable reply is a sandbox bug: say so, keep serving
+                    log.exception("cannot encode the reply to %r", next(iter(req.body), "?"))
+                    data = encode_reply(req, engine._finish(CommandError(1, f"walkit sandbox could not encode its reply: {exc}").reply()), self.server.next_id())
+                sock.sendall(data)
+        except (EOFError, ConnectionError, OSError):
+            pass
+        except ProtocolError as exc:
+            log.warning("closing connection %d: %s", conn_id, exc)
+        finally:
+            self.server.track(sock, False)
+
+
+class SandboxTCPServer(socketserver.ThreadingTCPServer):
+    """A threading TCP server bound to one Engine."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], engine: Engine) -> None:
+        self.engine = engine
+        self.stopping = threading.Event()
+        self._ids = itertools.count(1)
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def next_id(self) -> int:
+        return next(self._ids) & 0x7FFFFFFF
+
+    def track(self, sock: socket.socket, add: bool) -> None:
+        with self._open_lock:
+            (self._open.add if add else self._open.discard)(sock)
+
+    def close_connections(self) -> None:
+        """Drop every client connection (used on stop, like a server going away)."""
+        self.stopping.set()
+        with self._open_lock:
+            socks = list(self._open)
+        for sock in socks:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        with self.engine.oplog.changed:
+            self.engine.oplog.changed.notify_all()

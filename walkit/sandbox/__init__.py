@@ -42,15 +42,17 @@ def uri_for(port: int, set_name: str = "rs0") -> str:
 class Sandbox:
     """A sandbox server running in a thread of this process."""
 
-    def __init__(self, port: int = 0, *, oplog_size: int = DEFAULT_OPLOG_SIZE, clock: Clock | None = None) -> None:
-        self.engine = Engine(clock=clock, oplog_size=oplog_size)
+    def __init__(self, port: int = 0, *, oplog_size: int = DEFAULT_OPLOG_SIZE, clock: Clock | None = None, standalone: bool = False) -> None:
+        # standalone=True answers as a server without a replica set (no change
+        # streams), so tests can check how walkit explains that to a user.
+        self.engine = Engine(clock=clock, oplog_size=oplog_size, set_name=None if standalone else "rs0")
         try:
             self._server = SandboxTCPServer((HOST, port), self.engine)
         except OSError as exc:
             raise SandboxError(f"cannot listen on {HOST}:{port}: {exc.strerror}; pick another --port") from None
         self.port: int = self._server.server_address[1]
         self.engine.host = f"{HOST}:{self.port}"
-        self.uri = uri_for(self.port, self.engine.set_name)
+        self.uri = uri_for(self.port, self.engine.set_name) if not standalone else f"mongodb://{HOST}:{self.port}/?directConnection=true"
         self._thread: threading.Thread | None = None
 
     def start(self) -> Sandbox:

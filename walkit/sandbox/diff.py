@@ -38,7 +38,7 @@ def update_description(before: dict[str, Any], after: dict[str, Any]) -> dict[st
     updated: dict[str, Any] = {}
     removed: list[str] = []
     truncated: list[dict[str, Any]] = []
-    if list(before) != [k for k in after if k in before]:
+    if [k for k in before if k in after] != [k for k in after if k in before]:
         return None
     try:
         _diff_doc("", before, after, updated, removed, truncated)
@@ -60,7 +60,7 @@ def _diff_doc(
     removed: list[str],
     truncated: list[dict[str, Any]],
 ) -> None:
-    if list(before) != [k for k in after if k in before]:
+    if [k for k in before if k in after] != [k for k in after if k in before]:
         # Field order changed: only a whole-value set reproduces it.
         if prefix:
             updated[prefix[:-1]] = after

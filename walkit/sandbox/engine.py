@@ -116,7 +116,7 @@ class Engine:
         clock: Clock | None = None,
         oplog_size: int = 100_000,
         host: str = "127.0.0.1:27017",
-        set_name: str = "rs0",
+        set_name: str | None = "rs0",
     ) -> None:
         from .sessions import Sessions
 
@@ -206,6 +206,8 @@ class Engine:
                 raise CommandError(59, f"no such command: '{name}'")
             if not isinstance(db, str) or not db or "." in db or "\x00" in db:
                 raise CommandError(73, f"invalid database name {db!r}")
+            if self.set_name is None and _opens_change_stream(body):
+                raise CommandError(40573, "The $changeStream stage is only supported on replica sets")
             with self.lock:
                 reply = self.sessions.run(ctx, handler)
         except CommandError as exc:
@@ -222,10 +224,17 @@ class Engine:
 
     def _finish(self, reply: dict[str, Any]) -> dict[str, Any]:
         reply.setdefault("ok", 1.0)
+        if self.set_name is None:
+            return reply
         ts = self.oplog.cluster_time
         reply["$clusterTime"] = {"clusterTime": ts, "signature": {"hash": Binary(b"\x00" * 20), "keyId": Int64(0)}}
         reply["operationTime"] = ts
         return reply
+
+
+def _opens_change_stream(body: dict[str, Any]) -> bool:
+    pipeline = body.get("pipeline")
+    return "aggregate" in body and isinstance(pipeline, list) and bool(pipeline) and isinstance(pipeline[0], dict) and "$changeStream" in pipeline[0]
 
 
 # -- server-level commands ---------------------------------------------------
@@ -235,22 +244,24 @@ def _hello(eng: Engine, ctx: Ctx) -> dict[str, Any]:
     now = eng.clock.now()
     ts = eng.oplog.cluster_time
     optime = {"ts": ts, "t": Int64(1)}
-    reply: dict[str, Any] = {
-        "topologyVersion": None,
-        "hosts": [eng.host],
-        "setName": eng.set_name,
-        "setVersion": 1,
-        "isWritablePrimary": True,
-        "secondary": False,
-        "primary": eng.host,
-        "me": eng.host,
-        "electionId": eng.election_id,
-        "lastWrite": {
-            "opTime": optime,
-            "lastWriteDate": now.replace(tzinfo=None),
-            "majorityOpTime": optime,
-            "majorityWriteDate": now.replace(tzinfo=None),
-        },
+    reply: dict[str, Any] = {"isWritablePrimary": True}
+    if eng.set_name is not None:
+        reply.update({
+            "hosts": [eng.host],
+            "setName": eng.set_name,
+            "setVersion": 1,
+            "secondary": False,
+            "primary": eng.host,
+            "me": eng.host,
+            "electionId": eng.election_id,
+            "lastWrite": {
+                "opTime": optime,
+                "lastWriteDate": now.replace(tzinfo=None),
+                "majorityOpTime": optime,
+                "majorityWriteDate": now.replace(tzinfo=None),
+            },
+        })
+    reply.update({
         "maxBsonObjectSize": MAX_BSON_SIZE,
         "maxMessageSizeBytes": MAX_MESSAGE_SIZE,
         "maxWriteBatchSize": 100_000,
@@ -261,8 +272,8 @@ def _hello(eng: Engine, ctx: Ctx) -> dict[str, Any]:
         "maxWireVersion": MAX_WIRE_VERSION,
         "readOnly": False,
         "walkitSandbox": SANDBOX_NOTICE,
-    }
-    del reply["topologyVersion"]  # no streaming monitoring: drivers poll instead
+    })
+    # No topologyVersion: drivers then poll hello instead of streaming it.
     if ctx.name.lower() == "ismaster":
         reply["ismaster"] = True
     if ctx.arg("helloOk"):

@@ -21,9 +21,14 @@ STANDALONE_FIX = (
 
 
 def connect(uri: str, timeout_ms: int = 10_000, **kwargs: Any) -> pymongo.MongoClient:
-    """A client for ``uri`` (no I/O yet); a bad URI is a ConfigError."""
+    """A client for ``uri`` (no I/O yet); a bad URI is a ConfigError.
+
+    ``timeout_ms`` is the server selection timeout unless the URI sets one.
+    """
+    if "serverselectiontimeoutms" not in uri.lower():
+        kwargs.setdefault("serverSelectionTimeoutMS", timeout_ms)
     try:
-        return pymongo.MongoClient(uri, serverSelectionTimeoutMS=timeout_ms, tz_aware=True, **kwargs)
+        return pymongo.MongoClient(uri, tz_aware=True, **kwargs)
     except (pm.ConfigurationError, pm.InvalidURI, ValueError, TypeError) as exc:
         raise ConfigError(f"bad MongoDB URI {redact(uri)!r}: {exc}") from None
 

@@ -9,11 +9,17 @@ whenAvailable, required), the stages MongoDB allows after ``$changeStream``,
 ``postBatchResumeToken`` in every batch and awaitable ``getMore``.
 
 Invalidation follows the manual: a collection stream ends with ``invalidate``
-after its collection is dropped or renamed (or its database dropped); a
-database stream after ``dropDatabase``; a cluster stream never.  Resuming
-with ``resumeAfter`` from an invalidate is refused (260); ``startAfter``
-starts after it.  Once the oplog no longer holds what a stream needs, the
-stream fails with 286 ChangeStreamHistoryLost.  ``showExpandedEvents`` is
+after its collection is dropped or renamed (or its database dropped), or
+another collection is renamed onto it (the stream sees that ``rename``
+first, as MongoDB 7.0's does); a database stream after ``dropDatabase``; a
+cluster stream never.  The invalidate goes through the user's stages like
+any event: a ``$match`` may hide it, but the stream still ends and its last
+``postBatchResumeToken`` is the invalidate's token.  Resuming with
+``resumeAfter`` from an invalidate is refused (260); ``startAfter`` starts
+after it.  Once the oplog no longer holds what a stream needs, the stream
+fails with 286 ChangeStreamHistoryLost; an event token that falls inside the
+oplog's window but names no logged event (another server's) fails with 280,
+as MongoDB's "resume token was not found".  ``showExpandedEvents`` is
 accepted but no expanded events (create, createIndexes...) are produced.
 """
 
@@ -68,11 +74,15 @@ class StreamCursor:
             return e.db not in SYSTEM_DBS
         if self.scope == "database":
             return e.db == self.db
-        return e.db == self.db and e.coll == self.coll
+        return (e.db == self.db and e.coll == self.coll) or self._renamed_onto(e)
+
+    def _renamed_onto(self, e: Entry) -> bool:
+        """A rename whose target is this collection stream's namespace."""
+        return e.op == "rename" and e.to == (self.db, self.coll)
 
     def invalidates(self, e: Entry) -> bool:
         if self.scope == "collection":
-            return e.op in ("drop", "rename") and e.db == self.db and e.coll == self.coll
+            return (e.op in ("drop", "rename") and e.db == self.db and e.coll == self.coll) or self._renamed_onto(e)
         if self.scope == "database":
             return e.op == "dropDatabase" and e.db == self.db
         return False
@@ -131,6 +141,17 @@ class StreamCursor:
             raise CommandError(280, "Encountered an event whose _id field, which contains the resume token, was modified by the pipeline. Modifying the _id field of an event makes it impossible to resume the stream from that point.")
         return out[0]
 
+    def _invalidate(self, eng: Engine, entry: Entry, events: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, str]]:
+        """End the stream with ``entry``'s invalidate, passed through the user's
+        stages like any event: a ``$match`` may hide it, yet the stream still
+        closes and its last postBatchResumeToken is the invalidate's token."""
+        self.closed = True
+        inv = self.invalidate_event(entry)
+        shaped = self._through_pipeline(eng, inv)
+        if shaped is not None:
+            events.append(shaped)
+        return events, inv["_id"]
+
     # -- batches -----------------------------------------------------------------
     def collect(self, eng: Engine, limit: int) -> tuple[list[dict[str, Any]], dict[str, str]]:
         """The next batch of events and its postBatchResumeToken (no waiting)."""
@@ -139,9 +160,7 @@ class StreamCursor:
         oplog = eng.oplog
         if self.pending_invalidate is not None:
             entry, self.pending_invalidate = self.pending_invalidate, None
-            self.closed = True
-            inv = self.invalidate_event(entry)
-            return [inv], inv["_id"]
+            return self._invalidate(eng, entry, events)
         while not self.closed:
             if oplog.lost(self.position):
                 raise CommandError(286, "Resume of change stream was not possible, as the resume point may no longer be in the oplog.")
@@ -161,10 +180,7 @@ class StreamCursor:
                     if len(events) >= limit or used >= MAX_BSON_SIZE:
                         self.pending_invalidate = entry
                     else:
-                        self.closed = True
-                        inv = self.invalidate_event(entry)
-                        events.append(inv)
-                        return events, inv["_id"]
+                        return self._invalidate(eng, entry, events)
                 if len(events) >= limit or used >= MAX_BSON_SIZE:
                     return events, events[-1]["_id"]
         return events, position_token(self.position)
@@ -207,10 +223,12 @@ def _start_position(eng: Engine, stream: StreamCursor, spec: dict[str, Any]) -> 
             raise CommandError(260, f"invalid resume token: {exc}") from None
         if kind == KIND_INVALIDATE and "resumeAfter" in spec:
             raise CommandError(260, "Attempting to resume a change stream using 'resumeAfter' is not allowed from an invalidate notification.")
-        if kind == KIND_EVENT and not eng.oplog.lost(pos):
-            for entry in eng.oplog.read_after((pos[0], pos[1], pos[2] - 1), 1):
-                if entry.position == pos and stream.invalidates(entry):
-                    stream.pending_invalidate = entry
+        if kind == KIND_EVENT and pos > eng.oplog.floor:
+            entry = eng.oplog.find(pos)
+            if entry is None:  # inside the window but never logged here: another server's token
+                raise CommandError(280, f"cannot resume stream; the resume token was not found. {token}")
+            if stream.invalidates(entry):
+                stream.pending_invalidate = entry
         return pos
     at = spec.get("startAtOperationTime")
     if at is not None:

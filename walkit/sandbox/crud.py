@@ -4,10 +4,15 @@ getMore, killCursors, aggregate, count, distinct.
 Every write reads the document before and after the change and logs the
 pair, so change events carry exact ``updateDescription``s and transactions
 can be undone.  A no-op update logs nothing, as in MongoDB.
+
+Update operators are made plain for mongomock-ng by :mod:`.updates`;
+mongomock-ng itself is corrected where it differs from MongoDB by
+:mod:`.storage`.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,10 +22,12 @@ import bson
 import mongomock_ng
 from bson.int64 import Int64
 
+from . import storage  # noqa: F401  (patches mongomock-ng on import)
 from .diff import update_description
 from .engine import Ctx, Engine, command
 from .errors import CommandError
 from .sessions import WAIT_FOR_TXN
+from .updates import update_by_id
 from .wire import CODEC, MAX_BSON_SIZE
 
 DEFAULT_FIRST_BATCH = 101
@@ -62,25 +69,30 @@ def _sort(spec: Any) -> list[tuple[str, Any]] | None:
     return list(spec.items())
 
 
-def take_batch(docs: Iterator[dict[str, Any]], size: int) -> tuple[list[dict[str, Any]], bool]:
-    """Up to ``size`` documents (0 = no count limit) within 16 MiB; (batch, exhausted)."""
+def take_batch(docs: Iterator[dict[str, Any]], size: int) -> tuple[list[dict[str, Any]], Iterator[dict[str, Any]] | None]:
+    """Up to ``size`` documents (0 = no count limit) within 16 MiB; (batch, rest).
+
+    ``rest`` is None once the result is exhausted: the batch that returns the
+    last document closes the cursor, as MongoDB does when a limit is reached.
+    """
     batch: list[dict[str, Any]] = []
     used = 0
     for doc in docs:
         batch.append(doc)
         used += len(_bytes(doc)) if len(batch) > 100 else 0
         if (size and len(batch) >= size) or used >= MAX_BATCH_BYTES:
-            return batch, False
-    return batch, True
+            following = next(docs, None)
+            return batch, (None if following is None else itertools.chain([following], docs))
+    return batch, None
 
 
 def cursor_reply(eng: Engine, ns: str, docs: Iterator[dict[str, Any]], batch_size: int | None, single: bool = False) -> dict[str, Any]:
     """Reply with the first batch, keeping a cursor open if more remain."""
     size = DEFAULT_FIRST_BATCH if batch_size is None else int(batch_size)
-    batch, done = take_batch(docs, size)
+    batch, rest = take_batch(docs, size)
     cid = 0
-    if not done and not single:
-        cid = eng.add_cursor(IterCursor(ns, docs))
+    if rest is not None and not single:
+        cid = eng.add_cursor(IterCursor(ns, rest))
     return {"cursor": {"firstBatch": batch, "id": Int64(cid), "ns": ns}}
 
 
@@ -141,8 +153,8 @@ def _insert(eng: Engine, ctx: Ctx) -> dict[str, Any]:
                 raise CommandError(10334, f"object to insert too large: document {index} exceeds {MAX_BSON_SIZE} bytes")
             eng.sessions.claim(ctx, ctx.db, name, [doc["_id"]])
             entry = eng.new_entry("insert", ctx.db, name, doc_key={"_id": doc["_id"]}, post=doc)
+            _create_implicitly(eng, ctx, name)
             coll.insert_one(doc)
-            eng.info(ctx.db, name)
             entry.images = eng.info(ctx.db, name).images
             eng.record(ctx, entry)
             n += 1
@@ -181,7 +193,20 @@ def _log_change(eng: Engine, ctx: Ctx, name: str, key: Any, pre: dict[str, Any],
     return True
 
 
+def _create_implicitly(eng: Engine, ctx: Ctx, name: str) -> None:
+    """Create a collection on its first write; it then outlives its last document.
+
+    Inside a transaction the creation is noted, so an abort undoes it.
+    """
+    if not eng.exists(ctx.db, name):
+        eng.client[ctx.db].create_collection(name)
+        if ctx.txn is not None:
+            ctx.txn.created.append((ctx.db, name))
+    eng.info(ctx.db, name)
+
+
 def _upsert(eng: Engine, ctx: Ctx, coll: Any, query: dict[str, Any], update: Any, replacement: bool, array_filters: Any) -> Any:
+    _create_implicitly(eng, ctx, coll.name)
     if replacement:
         result = coll.replace_one(query, update, upsert=True)
     else:
@@ -215,16 +240,14 @@ def _apply_update(eng: Engine, ctx: Ctx, coll: Any, stmt: dict[str, Any]) -> tup
         if stmt.get("upsert"):
             return 0, 0, _upsert(eng, ctx, coll, query, update, replacement, array_filters)
         return 0, 0, None
-    pres = [coll.find_one({"_id": key}) for key in ids]
-    if replacement:
-        _check_id_kept(update, ids[0])
-        coll.replace_one({"_id": ids[0]}, {"_id": ids[0], **{k: v for k, v in update.items() if k != "_id"}})
-    elif multi:
-        coll.update_many(query, update, array_filters=array_filters)
-    else:
-        coll.update_one(query, update, array_filters=array_filters)
     modified = 0
-    for key, pre in zip(ids, pres, strict=True):
+    for key in ids:
+        pre = coll.find_one({"_id": key})
+        if replacement:
+            _check_id_kept(update, key)
+            coll.replace_one({"_id": key}, {"_id": key, **{k: v for k, v in update.items() if k != "_id"}})
+        else:
+            update_by_id(coll, key, query, pre, update, array_filters)
         post = coll.find_one({"_id": key})
         modified += _log_change(eng, ctx, coll.name, key, pre, post, replacement)
     return len(ids), modified, None
@@ -338,7 +361,7 @@ def _find_and_modify(eng: Engine, ctx: Ctx) -> dict[str, Any]:
         _check_id_kept(update, key)
         coll.replace_one({"_id": key}, {"_id": key, **{k: v for k, v in update.items() if k != "_id"}})
     else:
-        coll.find_one_and_update(query, update, sort=sort, array_filters=ctx.arg("arrayFilters"))
+        update_by_id(coll, key, query, pre, update, ctx.arg("arrayFilters"))
     post = coll.find_one({"_id": key})
     _log_change(eng, ctx, name, key, pre, post, replacement)
     value = post if ctx.arg("new") else pre
@@ -377,8 +400,11 @@ def _get_more(eng: Engine, ctx: Ctx) -> dict[str, Any]:
         from .changestream import get_more
 
         return get_more(eng, cid, cursor, ctx.arg("batchSize"), ctx.arg("maxTimeMS"))
-    batch, done = take_batch(cursor.docs, int(ctx.arg("batchSize") or 0))
-    if done:
+    batch, rest = take_batch(cursor.docs, int(ctx.arg("batchSize") or 0))
+    done = rest is None
+    if rest is not None:
+        cursor.docs = rest
+    else:
         eng.cursors.pop(cid, None)
         eng.cursor_seen.pop(cid, None)
     return {"cursor": {"nextBatch": batch, "id": Int64(0 if done else cid), "ns": cursor.ns}}

@@ -224,11 +224,11 @@ def _list_databases(eng: Engine, ctx: Ctx) -> dict[str, Any]:
         raise CommandError(13, "listDatabases may only be run against the admin database.")
     query = ctx.arg("filter") or {}
     dbs = []
-    for name in sorted(eng.database_names()):
-        if name in SYSTEM_DBS:
-            continue
+    for name in sorted(set(eng.database_names()) | set(SYSTEM_DBS)):
         size = sum(eng.coll(name, c).estimated_document_count() for c in eng.client[name].list_collection_names())
-        doc = {"name": name, "sizeOnDisk": Int64(size * 100), "empty": size == 0}
+        # admin, config and local always exist on a replica set member.
+        size = max(size, 1) if name in SYSTEM_DBS else size
+        doc = {"name": name, "sizeOnDisk": Int64(size * 4096), "empty": size == 0}
         if filter_applies(query, doc):
             dbs.append({"name": name} if ctx.arg("nameOnly") else doc)
     total = sum(int(d.get("sizeOnDisk", 0)) for d in dbs)

@@ -8,10 +8,14 @@ Applying the three to the old document gives the new one; that is the only
 guarantee, and the property tests check it.  Values are compared as BSON bytes,
 so ``1`` and ``1.0`` differ, as they do to MongoDB.
 
-When no unambiguous dotted-path delta exists (top-level fields reordered, or
-a changed path runs through a key holding ``.`` or made only of digits, which
-MongoDB would flag with ``disambiguatedPaths``), :func:`update_description`
-returns ``None`` and the caller logs a full replacement instead.
+Setting a missing field appends it, so a delta keeps field order only when
+the fields both images share are in the same order and every new field comes
+after them.  When no unambiguous dotted-path delta exists (top-level fields
+reordered or a new one inserted before an old one, or a changed path runs
+through a key holding ``.``, starting with ``$``, empty, or made only of
+digits, which MongoDB would flag with ``disambiguatedPaths``),
+:func:`update_description` returns ``None`` and the caller logs a full
+replacement instead; below the top level such a sub-document is set whole.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ def update_description(before: dict[str, Any], after: dict[str, Any]) -> dict[st
     updated: dict[str, Any] = {}
     removed: list[str] = []
     truncated: list[dict[str, Any]] = []
-    if [k for k in before if k in after] != [k for k in after if k in before]:
+    if not _order_kept(before, after):
         return None
     try:
         _diff_doc("", before, after, updated, removed, truncated)
@@ -47,8 +51,21 @@ def update_description(before: dict[str, Any], after: dict[str, Any]) -> dict[st
     return {"updatedFields": updated, "removedFields": removed, "truncatedArrays": truncated}
 
 
+def _order_kept(before: dict[str, Any], after: dict[str, Any]) -> bool:
+    """True when removing and appending fields turns ``before``'s order into ``after``'s."""
+    if [k for k in before if k in after] != [k for k in after if k in before]:
+        return False
+    added = False
+    for key in after:
+        if key not in before:
+            added = True
+        elif added:
+            return False
+    return True
+
+
 def _check_key(key: str, in_subdoc: bool) -> None:
-    if "." in key or key.startswith("$") or (in_subdoc and key.isdigit()):
+    if not key or "." in key or key.startswith("$") or (in_subdoc and key.isdigit()):
         raise _AmbiguousError(key)
 
 
@@ -60,11 +77,10 @@ def _diff_doc(
     removed: list[str],
     truncated: list[dict[str, Any]],
 ) -> None:
-    if [k for k in before if k in after] != [k for k in after if k in before]:
+    if prefix and not _order_kept(before, after):
         # Field order changed: only a whole-value set reproduces it.
-        if prefix:
-            updated[prefix[:-1]] = after
-            return
+        updated[prefix[:-1]] = after
+        return
     for key in before:
         if key not in after:
             _check_key(key, bool(prefix))

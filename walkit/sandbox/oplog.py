@@ -1,11 +1,14 @@
 """The sandbox's bounded in-memory oplog, cluster time and resume tokens.
 
 Each write appends one :class:`Entry`; all entries of one committed
-transaction share a clusterTime and are told apart by ``txn_index``.  The
-oplog keeps the newest ``max_entries`` entries; once an entry falls off, a
-change stream that would need it gets error 286 (ChangeStreamHistoryLost),
-exactly as MongoDB does when its oplog has rolled over.  History also starts
-at the server's start: tokens from an earlier server instance are lost.
+transaction share a clusterTime and a wallTime (the commit's, as they come
+from MongoDB's single ``applyOps`` oplog entry) and are told apart by
+``txn_index``.  The oplog keeps the newest ``max_entries`` oplog entries,
+counting a whole transaction as one, as MongoDB does, so a transaction is
+never split.  Once an entry falls off, a change stream that would need it
+gets error 286 (ChangeStreamHistoryLost), exactly as MongoDB does when its
+oplog has rolled over.  History also starts at the server's start: tokens
+from an earlier server instance are lost.
 
 Resume tokens are ``{"_data": <hex>}`` like MongoDB's: opaque to clients,
 ordered by string comparison, encoding (clusterTime, txn index, kind).
@@ -84,6 +87,8 @@ class Oplog:
         self.clock = clock
         self.max_entries = max_entries
         self.entries: deque[Entry] = deque()
+        #: How many oplog entries ``entries`` holds (one per write or transaction).
+        self.groups = 0
         #: Shares the engine's lock: wait on it (released meanwhile) for appends.
         self.changed = threading.Condition(lock)
         start = self._clock_secs()
@@ -112,14 +117,28 @@ class Oplog:
         return self._last
 
     def append(self, entries: list[Entry]) -> None:
-        """Append entries (one write, or one whole transaction) and wake readers."""
+        """Append one oplog entry's changes (one write, or one whole transaction
+        sharing a clusterTime), stamp them with one wallTime and wake readers."""
+        if not entries:
+            return
         with self.changed:
+            wall = self.clock.now()
             for entry in entries:
+                entry.wall = wall
                 self.entries.append(entry)
-                self.appended += 1
-            while len(self.entries) > self.max_entries:
-                self.floor = self.entries.popleft().position
+            self.appended += len(entries)
+            self.groups += 1
+            while self.groups > self.max_entries:
+                self._drop_oldest()
             self.changed.notify_all()
+
+    def _drop_oldest(self) -> None:
+        """Truncate the oldest oplog entry: one write, or a whole transaction."""
+        last = self.entries.popleft()
+        while self.entries and self.entries[0].ts == last.ts:
+            last = self.entries.popleft()
+        self.floor = last.position
+        self.groups -= 1
 
     def high_water(self) -> Position:
         """A position after every entry logged so far."""
@@ -128,6 +147,11 @@ class Oplog:
     def lost(self, after: Position) -> bool:
         """True when some entry after ``after`` has fallen off (or predates the server)."""
         return after < self.floor
+
+    def find(self, pos: Position) -> Entry | None:
+        """The entry at exactly ``pos``, if the oplog still holds it."""
+        found = self.read_after((pos[0], pos[1], pos[2] - 1), 1)
+        return found[0] if found and found[0].position == pos else None
 
     def read_after(self, after: Position, limit: int) -> list[Entry]:
         """Up to ``limit`` entries strictly after ``after``, oldest first."""

@@ -3,7 +3,7 @@
 What is faithful: a committed transaction's changes reach change streams
 together, all with one clusterTime and each with ``lsid`` and ``txnNumber``;
 an aborted transaction leaves no trace (its writes are undone from the
-pre-images the engine kept); a document written by an open transaction
+pre-images the engine kept, and collections its writes created are dropped); a document written by an open transaction
 cannot be written by another transaction (WriteConflict 112, labelled
 TransientTransactionError, so drivers' ``with_transaction`` retries) and a
 plain write to it waits until the transaction ends.  A retried write (same
@@ -47,6 +47,8 @@ class Transaction:
     state: str = "active"  # active | committed | aborted
     started: float = field(default_factory=time.monotonic)
     claims: set[DocId] = field(default_factory=set)
+    #: Collections its writes created implicitly (dropped again on abort).
+    created: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _lsid_key(lsid: Any) -> bytes:
@@ -188,6 +190,11 @@ class Sessions:
                 coll.replace_one({"_id": key}, entry.pre)
             elif entry.op == "delete" and entry.pre is not None:
                 coll.insert_one(copy.deepcopy(entry.pre))
+        for db, name in txn.created:
+            if eng.exists(db, name) and eng.coll(db, name).estimated_document_count() == 0:
+                eng.coll(db, name).drop()
+                eng.colls.pop((db, name), None)
+        txn.created = []
         txn.entries = []
         txn.state = "aborted"
         self._release(txn)

@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("--port", type=_port, default=0, help="TCP port (default: any free port)")
-    p.add_argument("--oplog-size", type=_positive, default=100_000, metavar="N", help="oplog entries kept; older change-stream positions get error 286 (default: 100000)")
+    p.add_argument("--oplog-size", type=_positive, default=100_000, metavar="N", help="oplog entries kept (one per write, one per whole transaction); a change stream resuming from an older position gets error 286 (default: 100000)")
     p.add_argument("--quiet", action="store_true", help="print only the URI")
     p.set_defaults(func=cmd_sandbox)
 

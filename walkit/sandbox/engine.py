@@ -340,9 +340,10 @@ def _server_status(eng: Engine, ctx: Ctx) -> dict[str, Any]:
         "localTime": eng.clock.now(),
         "walkitSandbox": {
             "notice": SANDBOX_NOTICE,
-            "oplogEntries": len(eng.oplog.entries),
+            "oplogEntries": eng.oplog.groups,
             "oplogMaxEntries": eng.oplog.max_entries,
-            "oplogAppended": eng.oplog.appended,
+            "changesKept": len(eng.oplog.entries),
+            "changesLogged": eng.oplog.appended,
             "openCursors": len(eng.cursors),
         },
     }

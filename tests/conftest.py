@@ -9,6 +9,7 @@ temporary directory so a run leaves nothing behind on the machine.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import socket
@@ -22,6 +23,7 @@ import pymongo
 import pytest
 
 _TMP_HOME = tempfile.mkdtemp(prefix="walkit-tests-home-")
+atexit.register(shutil.rmtree, _TMP_HOME, True)
 for _var, _sub in {
     "HOME": "",
     "JUPYTER_CONFIG_DIR": "jupyter/config",
@@ -66,15 +68,21 @@ def _start_mongod(tmp: str) -> tuple[str, subprocess.Popen[bytes]]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    direct = pymongo.MongoClient(f"mongodb://127.0.0.1:{port}/?directConnection=true", serverSelectionTimeoutMS=30_000)
-    direct.admin.command("ping")
-    direct.admin.command("replSetInitiate", {"_id": "rs0", "members": [{"_id": 0, "host": f"127.0.0.1:{port}"}]})
-    deadline = time.monotonic() + 60
-    while not direct.admin.command("hello").get("isWritablePrimary"):
-        if time.monotonic() > deadline:
-            raise RuntimeError("mongod did not become primary within 60 s")
-        time.sleep(0.2)
-    direct.close()
+    try:
+        direct = pymongo.MongoClient(f"mongodb://127.0.0.1:{port}/?directConnection=true", serverSelectionTimeoutMS=30_000)
+        direct.admin.command("ping")
+        direct.admin.command("replSetInitiate", {"_id": "rs0", "members": [{"_id": 0, "host": f"127.0.0.1:{port}"}]})
+        deadline = time.monotonic() + 60
+        while not direct.admin.command("hello").get("isWritablePrimary"):
+            if time.monotonic() > deadline:
+                raise RuntimeError("mongod did not become primary within 60 s")
+            time.sleep(0.2)
+        direct.close()
+    except BaseException:
+        proc.kill()
+        proc.wait(30)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return f"mongodb://127.0.0.1:{port}/?replicaSet=rs0", proc
 
 

@@ -63,9 +63,11 @@ def test_demo_against_a_given_uri(mongo_uri: str, capsys: pytest.CaptureFixture[
     assert "using MongoDB at the given URI" in capsys.readouterr().out
 
 
-def test_standalone_server_is_one_clear_sentence_exit_2() -> None:
+@pytest.mark.parametrize("query", ["directConnection=true", "replicaSet=rs0&serverSelectionTimeoutMS=500"])
+def test_standalone_server_is_one_clear_sentence_exit_2(query: str) -> None:
     with Sandbox(standalone=True) as box:
-        proc = subprocess.run([sys.executable, "-m", "walkit", "demo", "--uri", box.uri], capture_output=True, text=True, timeout=60)
+        uri = f"mongodb://127.0.0.1:{box.port}/?{query}"
+        proc = subprocess.run([sys.executable, "-m", "walkit", "demo", "--uri", uri], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()

@@ -58,15 +58,14 @@ def _port(text: str) -> int:
 def cmd_sandbox(args: argparse.Namespace) -> int:
     from .sandbox import SANDBOX_NOTICE, Sandbox
 
+    def _stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)  # before the URI is printed: a launcher may stop us at once
     box = Sandbox(args.port, oplog_size=args.oplog_size)
     print(box.uri, flush=True)
     if not args.quiet:
         print(f"{SANDBOX_NOTICE}.\nkeeping the last {args.oplog_size} oplog entries; Ctrl-C stops it.", file=sys.stderr, flush=True)
-
-    def _stop(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _stop)
     try:
         box.serve_forever()
     except KeyboardInterrupt:

@@ -90,7 +90,7 @@ def run_demo(uri: str | None = None, out: TextIO = sys.stdout, timeout_s: float 
     with _server(uri, out) as server_uri:
         client = connect(server_uri)
         try:
-            require_replica_set(client)
+            require_replica_set(client, server_uri)
             db = client[DEMO_DB]
             client.drop_database(DEMO_DB)
             seen: list[dict[str, Any]] = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import pymongo
+import pymongo.uri_parser
 from pymongo import errors as pm
 
 from .errors import ConfigError, NotAReplicaSetError
@@ -33,12 +34,41 @@ def connect(uri: str, timeout_ms: int = 10_000, **kwargs: Any) -> pymongo.MongoC
         raise ConfigError(f"bad MongoDB URI {redact(uri)!r}: {exc}") from None
 
 
-def require_replica_set(client: pymongo.MongoClient) -> dict[str, Any]:
-    """The server's ``hello``; NotAReplicaSetError if it has no change streams."""
-    hello = client.admin.command("hello")
+def require_replica_set(client: pymongo.MongoClient, uri: str | None = None) -> dict[str, Any]:
+    """The server's ``hello``; NotAReplicaSetError if it has no change streams.
+
+    With ``uri``, a URI naming a replica set whose seeds turn out to be
+    standalone servers is recognised too (pymongo only says "no members").
+    """
+    try:
+        hello = client.admin.command("hello")
+    except pm.ServerSelectionTimeoutError:
+        standalone = _standalone_seed(uri) if uri else None
+        if standalone:
+            raise NotAReplicaSetError(f"{standalone} is a standalone server, not a member of the replica set the URI names; {STANDALONE_FIX}") from None
+        raise
     if not hello.get("setName") and hello.get("msg") != "isdbgrid":
         raise NotAReplicaSetError(f"{client.address[0]}:{client.address[1]} is a standalone server; {STANDALONE_FIX}")
     return hello
+
+
+def _standalone_seed(uri: str) -> str | None:
+    """The first seed host of ``uri`` that answers as a standalone server."""
+    try:
+        seeds = pymongo.uri_parser.parse_uri(uri)["nodelist"]
+    except (pm.ConfigurationError, pm.InvalidURI, ValueError):
+        return None
+    for host, port in seeds:
+        probe: pymongo.MongoClient = pymongo.MongoClient(host, port, directConnection=True, serverSelectionTimeoutMS=2000)
+        try:
+            hello = probe.admin.command("hello")
+        except pm.PyMongoError:
+            continue
+        finally:
+            probe.close()
+        if not hello.get("setName") and hello.get("msg") != "isdbgrid":
+            return f"{host}:{port}"
+    return None
 
 
 def redact(uri: str) -> str:

@@ -16,18 +16,25 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import signal
+import socket
+import struct
 import subprocess as _subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from types import TracebackType
+
+import bson
 
 from ..clock import Clock
 from ..errors import SandboxError
 from .engine import SANDBOX_NOTICE, Engine
 from .server import SandboxTCPServer
+from .wire import OP_MSG, BadMessageError, ProtocolError, read_request
 
 __all__ = ["Sandbox", "SandboxProcess", "start", "SANDBOX_NOTICE", "DEFAULT_OPLOG_SIZE"]
 
@@ -78,25 +85,99 @@ class Sandbox:
 
 
 class SandboxProcess:
-    """A sandbox server in a child process (``walkit sandbox``)."""
+    """A sandbox server in a child process (``walkit sandbox``).
+
+    The child's stdout and stderr are drained by two daemon threads for as
+    long as it runs, so however much it logs it never blocks on a full pipe;
+    the last :data:`STDERR_LINES` lines of stderr are kept for
+    :meth:`stderr_tail`.  The constructor waits at most ``startup_timeout``
+    seconds for the URI line and for the child to answer a ``ping`` (so it is
+    serving, and SIGTERM stops it cleanly, when the constructor returns); it
+    raises :class:`SandboxError` (with what the child said on stderr) if
+    either does not come.
+    """
+
+    STDERR_LINES = 200
 
     def __init__(self, port: int = 0, *, oplog_size: int = DEFAULT_OPLOG_SIZE, startup_timeout: float = 30.0) -> None:
         cmd = [sys.executable, "-m", "walkit", "sandbox", "--port", str(port), "--oplog-size", str(oplog_size), "--quiet"]
         self.proc = _subprocess.Popen(cmd, stdout=_subprocess.PIPE, stderr=_subprocess.PIPE, text=True, start_new_session=True)
+        self.pid = self.proc.pid
+        self._stderr: deque[str] = deque(maxlen=self.STDERR_LINES)
+        self._first_lines: queue.Queue[str] = queue.Queue()
+        self._drains = [
+            threading.Thread(target=self._drain_stdout, name=f"walkit-sandbox-stdout-{self.pid}", daemon=True),
+            threading.Thread(target=self._drain_stderr, name=f"walkit-sandbox-stderr-{self.pid}", daemon=True),
+        ]
+        for thread in self._drains:
+            thread.start()
         deadline = time.monotonic() + startup_timeout
         line = ""
-        assert self.proc.stdout is not None
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
+        while True:
+            try:
+                line = self._first_lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                line = ""
+                break
             if line.startswith("mongodb://") or not line:
                 break
         if not line.startswith("mongodb://"):
             self.kill()
-            err = self.proc.stderr.read() if self.proc.stderr else ""
-            raise SandboxError(f"the sandbox process did not start: {err.strip() or 'no output'}")
+            self._join_drains()
+            err = self.stderr_tail().strip() or ("no output" if self.proc.returncode is not None else "")
+            raise SandboxError(f"the sandbox process did not start: {err or f'no URI within {startup_timeout:g} s'}")
         self.uri = line.strip()
         self.port = int(self.uri.split(":")[2].split("/")[0])
-        self.pid = self.proc.pid
+        try:
+            self._ping(deadline)
+        except (OSError, EOFError, ProtocolError, BadMessageError) as exc:
+            self.kill()
+            self._join_drains()
+            raise SandboxError(f"the sandbox process printed {self.uri} but does not answer: {exc}; {self.stderr_tail().strip()}".rstrip("; ")) from None
+
+    def _ping(self, deadline: float) -> None:
+        """Wait until the child answers a ``ping`` (it is then serving, signal handlers and all)."""
+        body = bson.encode({"ping": 1, "$db": "admin"})
+        payload = struct.pack("<I", 0) + b"\x00" + body
+        with socket.create_connection((HOST, self.port), timeout=max(0.1, deadline - time.monotonic())) as sock:
+            sock.sendall(struct.pack("<iiii", 16 + len(payload), 1, 0, OP_MSG) + payload)
+            reply = read_request(sock)  # an OP_MSG reply has a request's shape
+        if reply.body.get("ok") != 1.0:
+            raise OSError(f"ping answered {reply.body!r}")
+
+    def _drain_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        announced = False
+        try:
+            for line in self.proc.stdout:
+                if not announced:
+                    self._first_lines.put(line)
+                    announced = line.startswith("mongodb://")
+        except (OSError, ValueError):  # the pipe was closed under us
+            pass
+        finally:
+            self._first_lines.put("")  # end of output
+
+    def _drain_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        try:
+            for line in self.proc.stderr:
+                self._stderr.append(line)
+        except (OSError, ValueError):
+            pass
+
+    def _join_drains(self, timeout: float = 5.0) -> None:
+        for thread in self._drains:
+            thread.join(timeout)
+
+    def stderr_tail(self) -> str:
+        """The last lines the child wrote to stderr (complete once it has exited)."""
+        return "".join(self._stderr)
+
+    @property
+    def returncode(self) -> int | None:
+        """The child's exit status, or None while it runs (-9 after :meth:`kill`)."""
+        return self.proc.poll()
 
     def kill(self) -> None:
         """``kill -9`` the server (what a crash looks like)."""
@@ -104,16 +185,19 @@ class SandboxProcess:
             os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
 
-    def stop(self) -> None:
+    def stop(self) -> int | None:
+        """Stop the server with SIGTERM (SIGKILL after 10 s); return its exit status."""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
                 self.proc.wait(10)
             except _subprocess.TimeoutExpired:
                 self.kill()
+        self._join_drains()
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream:
                 stream.close()
+        return self.proc.returncode
 
     def __enter__(self) -> SandboxProcess:
         return self

@@ -36,7 +36,7 @@ from mongomock_ng.aggregate import process_pipeline
 
 from .engine import SYSTEM_DBS, Ctx, Engine
 from .errors import CommandError
-from .oplog import KIND_EVENT, KIND_HIGH_WATER, KIND_INVALIDATE, MAX_INDEX, Entry, Position, decode_token, encode_token
+from .oplog import KIND_EVENT, KIND_HIGH_WATER, KIND_INVALIDATE, MAX_INDEX, Entry, Position, decode_token
 from .wire import CODEC, MAX_BSON_SIZE
 
 FULL_DOCUMENT = ("default", "updateLookup", "whenAvailable", "required")
@@ -90,7 +90,7 @@ class StreamCursor:
     # -- rendering -----------------------------------------------------------------
     def render(self, eng: Engine, e: Entry) -> dict[str, Any]:
         ev: dict[str, Any] = {
-            "_id": encode_token(e.position),
+            "_id": eng.oplog.token(e.position),
             "operationType": e.op,
             "clusterTime": e.ts,
             "wallTime": e.wall,
@@ -119,13 +119,13 @@ class StreamCursor:
         if self.full_document == "updateLookup":
             return eng.coll(e.db, e.coll or "").find_one(e.doc_key)
         if e.post is None and self.full_document == "required":
-            raise CommandError(47, f"Change stream was configured to require a post-image for all update, delete and replace events, but the post-image was not found for event: {encode_token(e.position)}")
+            raise CommandError(47, f"Change stream was configured to require a post-image for all update, delete and replace events, but the post-image was not found for event: {eng.oplog.token(e.position)}")
         return e.post
 
     @staticmethod
-    def invalidate_event(e: Entry) -> dict[str, Any]:
+    def invalidate_event(eng: Engine, e: Entry) -> dict[str, Any]:
         return {
-            "_id": encode_token(e.position, KIND_INVALIDATE),
+            "_id": eng.oplog.token(e.position, KIND_INVALIDATE),
             "operationType": "invalidate",
             "clusterTime": e.ts,
             "wallTime": e.wall,
@@ -146,7 +146,7 @@ class StreamCursor:
         stages like any event: a ``$match`` may hide it, yet the stream still
         closes and its last postBatchResumeToken is the invalidate's token."""
         self.closed = True
-        inv = self.invalidate_event(entry)
+        inv = self.invalidate_event(eng, entry)
         shaped = self._through_pipeline(eng, inv)
         if shaped is not None:
             events.append(shaped)
@@ -162,12 +162,11 @@ class StreamCursor:
             entry, self.pending_invalidate = self.pending_invalidate, None
             return self._invalidate(eng, entry, events)
         while not self.closed:
-            if oplog.lost(self.position):
-                raise CommandError(286, "Resume of change stream was not possible, as the resume point may no longer be in the oplog.")
+            oplog.check(self.position)
             chunk = oplog.read_after(self.position, READ_CHUNK)
             if not chunk:
                 self.position = max(self.position, oplog.high_water())
-                return events, position_token(self.position)
+                return events, position_token(eng, self.position)
             for entry in chunk:
                 self.position = entry.position
                 if not self.in_scope(entry):
@@ -183,15 +182,15 @@ class StreamCursor:
                         return self._invalidate(eng, entry, events)
                 if len(events) >= limit or used >= MAX_BSON_SIZE:
                     return events, events[-1]["_id"]
-        return events, position_token(self.position)
+        return events, position_token(eng, self.position)
 
 
-def position_token(pos: Position) -> dict[str, str]:
+def position_token(eng: Engine, pos: Position) -> dict[str, str]:
     """A high-water-mark token for a stream that has read through ``pos``."""
     t, i, idx = pos
     if idx < 0:  # just before (t, i): after everything at the previous clusterTime
         t, i, idx = (t, i - 1, MAX_INDEX) if i else (t - 1, MAX_INDEX, MAX_INDEX)
-    return encode_token((t, i, idx), KIND_HIGH_WATER if idx == MAX_INDEX else KIND_EVENT)
+    return eng.oplog.token((t, i, idx), KIND_HIGH_WATER if idx == MAX_INDEX else KIND_EVENT)
 
 
 def _parse_spec(ctx: Ctx, pipeline: list[Any]) -> dict[str, Any]:
@@ -218,9 +217,11 @@ def _start_position(eng: Engine, stream: StreamCursor, spec: dict[str, Any]) -> 
     token = spec.get("resumeAfter", spec.get("startAfter"))
     if token is not None:
         try:
-            pos, kind = decode_token(token)
+            pos, kind, epoch = decode_token(token)
         except ValueError as exc:
             raise CommandError(260, f"invalid resume token: {exc}") from None
+        if epoch != eng.oplog.epoch:  # from before this server started: its oplog is gone
+            raise CommandError(286, "Resume of change stream was not possible, as the resume point may no longer be in the oplog.")
         if kind == KIND_INVALIDATE and "resumeAfter" in spec:
             raise CommandError(260, "Attempting to resume a change stream using 'resumeAfter' is not allowed from an invalidate notification.")
         if kind == KIND_EVENT and pos > eng.oplog.floor:
@@ -258,10 +259,9 @@ def open_stream(eng: Engine, ctx: Ctx, pipeline: list[Any], batch_size: Any) -> 
         stages=pipeline[1:], position=(0, 0, 0),
     )
     stream.position = _start_position(eng, stream, spec)
-    if eng.oplog.lost(stream.position):
-        raise CommandError(286, "Resume of change stream was not possible, as the resume point may no longer be in the oplog.")
+    eng.oplog.check(stream.position)
     limit = 101 if batch_size is None else int(batch_size)
-    events, pbrt = stream.collect(eng, limit) if limit else ([], position_token(stream.position))
+    events, pbrt = stream.collect(eng, limit) if limit else ([], position_token(eng, stream.position))
     cid = 0 if stream.closed else eng.add_cursor(stream)
     return {"cursor": {"firstBatch": events, "postBatchResumeToken": pbrt, "id": Int64(cid), "ns": ns}}
 
@@ -277,10 +277,9 @@ def get_more(eng: Engine, cid: int, stream: StreamCursor, batch_size: Any, max_t
             if events or stream.closed or remaining <= 0:
                 break
             eng.oplog.changed.wait(remaining)
-    except CommandError:
-        eng.cursors.pop(cid, None)
+    except Exception:
+        eng.drop_cursor(cid)  # a failed stream is over, as in MongoDB
         raise
     if stream.closed:
-        eng.cursors.pop(cid, None)
-        eng.cursor_seen.pop(cid, None)
+        eng.drop_cursor(cid)
     return {"cursor": {"nextBatch": events, "postBatchResumeToken": pbrt, "id": Int64(0 if stream.closed else cid), "ns": stream.ns}}

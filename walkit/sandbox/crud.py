@@ -79,7 +79,7 @@ def take_batch(docs: Iterator[dict[str, Any]], size: int) -> tuple[list[dict[str
     used = 0
     for doc in docs:
         batch.append(doc)
-        used += len(_bytes(doc)) if len(batch) > 100 else 0
+        used += len(_bytes(doc))
         if (size and len(batch) >= size) or used >= MAX_BATCH_BYTES:
             following = next(docs, None)
             return batch, (None if following is None else itertools.chain([following], docs))
@@ -89,6 +89,8 @@ def take_batch(docs: Iterator[dict[str, Any]], size: int) -> tuple[list[dict[str
 def cursor_reply(eng: Engine, ns: str, docs: Iterator[dict[str, Any]], batch_size: int | None, single: bool = False) -> dict[str, Any]:
     """Reply with the first batch, keeping a cursor open if more remain."""
     size = DEFAULT_FIRST_BATCH if batch_size is None else int(batch_size)
+    if size == 0 and not single:  # MongoDB: an empty first batch, the cursor open
+        return {"cursor": {"firstBatch": [], "id": Int64(eng.add_cursor(IterCursor(ns, docs))), "ns": ns}}
     batch, rest = take_batch(docs, size)
     cid = 0
     if rest is not None and not single:
@@ -111,7 +113,14 @@ def _claimed_ids(eng: Engine, ctx: Ctx, coll: Any, query: Any, multi: bool, sort
         eng.sessions.wait_for_release(deadline)
 
 
-def _write_error(index: int, exc: Exception) -> dict[str, Any]:
+def _claim_or_wait(eng: Engine, ctx: Ctx, name: str, key: Any) -> None:
+    """Claim one known document, waiting while another transaction holds it."""
+    deadline = time.monotonic() + WAIT_FOR_TXN
+    while not eng.sessions.claim(ctx, ctx.db, name, [key]):
+        eng.sessions.wait_for_release(deadline)
+
+
+def _write_error(index: int, exc: Exception, ns: str) -> dict[str, Any]:
     code = getattr(exc, "code", None) or 2
     err: dict[str, Any] = {"index": index, "code": code, "errmsg": str(exc)}
     details = getattr(exc, "details", None) or {}
@@ -122,7 +131,7 @@ def _write_error(index: int, exc: Exception) -> dict[str, Any]:
     if code == 11000:
         pattern = err.get("keyPattern") or {"_id": 1}
         index = "_id_" if list(pattern) == ["_id"] else "_".join(f"{k}_{v}" for k, v in pattern.items())
-        err["errmsg"] = f"E11000 duplicate key error collection: {{ns}} index: {index} dup key: {err.get('keyValue')}"
+        err["errmsg"] = f"E11000 duplicate key error collection: {ns} index: {index} dup key: {err.get('keyValue')}"
     return err
 
 
@@ -151,7 +160,7 @@ def _insert(eng: Engine, ctx: Ctx) -> dict[str, Any]:
             doc = _id_first(doc)
             if len(_bytes(doc)) > MAX_BSON_SIZE:
                 raise CommandError(10334, f"object to insert too large: document {index} exceeds {MAX_BSON_SIZE} bytes")
-            eng.sessions.claim(ctx, ctx.db, name, [doc["_id"]])
+            _claim_or_wait(eng, ctx, name, doc["_id"])
             entry = eng.new_entry("insert", ctx.db, name, doc_key={"_id": doc["_id"]}, post=doc)
             _create_implicitly(eng, ctx, name)
             coll.insert_one(doc)
@@ -161,15 +170,10 @@ def _insert(eng: Engine, ctx: Ctx) -> dict[str, Any]:
         except (mongomock_ng.OperationFailure, CommandError) as exc:
             if isinstance(exc, CommandError) and exc.code == 112:
                 raise
-            errors.append(_write_error(index, exc))
+            errors.append(_write_error(index, exc, f"{ctx.db}.{name}"))
             if ordered:
                 break
-    return _writes_reply(n, [_ns_errmsg(e, ctx.db, name) for e in errors])
-
-
-def _ns_errmsg(err: dict[str, Any], db: str, name: str) -> dict[str, Any]:
-    err["errmsg"] = err["errmsg"].replace("{ns}", f"{db}.{name}")
-    return err
+    return _writes_reply(n, errors)
 
 
 # -- update -----------------------------------------------------------------------
@@ -215,8 +219,11 @@ def _upsert(eng: Engine, ctx: Ctx, coll: Any, query: dict[str, Any], update: Any
     post = _id_first(coll.find_one({"_id": key}))
     if next(iter(post)) == "_id" and list(coll.find_one({"_id": key})) != list(post):
         coll.replace_one({"_id": key}, post)
-    eng.sessions.claim(ctx, ctx.db, coll.name, [key])
-    eng.info(ctx.db, coll.name)
+    try:
+        _claim_or_wait(eng, ctx, coll.name, key)
+    except CommandError:
+        coll.delete_one({"_id": key})  # the upsert never happened
+        raise
     eng.record(ctx, eng.new_entry("insert", ctx.db, coll.name, doc_key={"_id": key}, post=post))
     return key
 
@@ -224,6 +231,20 @@ def _upsert(eng: Engine, ctx: Ctx, coll: Any, query: dict[str, Any], update: Any
 def _check_id_kept(update: dict[str, Any], key: Any) -> None:
     if "_id" in update and _bytes({"k": update["_id"]}) != _bytes({"k": key}):
         raise CommandError(66, "After applying the update, the (immutable) field '_id' was found to have been altered")
+
+
+def _modify_one(
+    eng: Engine, ctx: Ctx, coll: Any, key: Any, query: dict[str, Any], update: Any, replacement: bool, array_filters: Any
+) -> tuple[dict[str, Any], dict[str, Any], bool]:
+    """Update or replace the document ``key`` and log it: (before, after, changed)."""
+    pre = coll.find_one({"_id": key})
+    if replacement:
+        _check_id_kept(update, key)
+        coll.replace_one({"_id": key}, {"_id": key, **{k: v for k, v in update.items() if k != "_id"}})
+    else:
+        update_by_id(coll, key, query, pre, update, array_filters)
+    post = coll.find_one({"_id": key})
+    return pre, post, _log_change(eng, ctx, coll.name, key, pre, post, replacement)
 
 
 def _apply_update(eng: Engine, ctx: Ctx, coll: Any, stmt: dict[str, Any]) -> tuple[int, int, Any]:
@@ -240,16 +261,7 @@ def _apply_update(eng: Engine, ctx: Ctx, coll: Any, stmt: dict[str, Any]) -> tup
         if stmt.get("upsert"):
             return 0, 0, _upsert(eng, ctx, coll, query, update, replacement, array_filters)
         return 0, 0, None
-    modified = 0
-    for key in ids:
-        pre = coll.find_one({"_id": key})
-        if replacement:
-            _check_id_kept(update, key)
-            coll.replace_one({"_id": key}, {"_id": key, **{k: v for k, v in update.items() if k != "_id"}})
-        else:
-            update_by_id(coll, key, query, pre, update, array_filters)
-        post = coll.find_one({"_id": key})
-        modified += _log_change(eng, ctx, coll.name, key, pre, post, replacement)
+    modified = sum(_modify_one(eng, ctx, coll, key, query, update, replacement, array_filters)[2] for key in ids)
     return len(ids), modified, None
 
 
@@ -267,7 +279,7 @@ def _update(eng: Engine, ctx: Ctx) -> dict[str, Any]:
         except (mongomock_ng.OperationFailure, CommandError) as exc:
             if isinstance(exc, CommandError) and exc.code == 112:
                 raise
-            errors.append(_ns_errmsg(_write_error(index, exc), ctx.db, name))
+            errors.append(_write_error(index, exc, f"{ctx.db}.{name}"))
             if ordered:
                 break
             continue
@@ -301,7 +313,7 @@ def _delete(eng: Engine, ctx: Ctx) -> dict[str, Any]:
         except (mongomock_ng.OperationFailure, CommandError) as exc:
             if isinstance(exc, CommandError) and exc.code == 112:
                 raise
-            errors.append(_write_error(index, exc))
+            errors.append(_write_error(index, exc, f"{ctx.db}.{name}"))
             if ordered:
                 break
     return _writes_reply(n, errors)
@@ -355,15 +367,7 @@ def _find_and_modify(eng: Engine, ctx: Ctx) -> dict[str, Any]:
             "lastErrorObject": {"n": 1, "updatedExisting": False, "upserted": key},
             "value": _project(eng, ctx, value and _id_first(value), fields),
         }
-    key = ids[0]
-    pre = coll.find_one({"_id": key})
-    if replacement:
-        _check_id_kept(update, key)
-        coll.replace_one({"_id": key}, {"_id": key, **{k: v for k, v in update.items() if k != "_id"}})
-    else:
-        update_by_id(coll, key, query, pre, update, ctx.arg("arrayFilters"))
-    post = coll.find_one({"_id": key})
-    _log_change(eng, ctx, name, key, pre, post, replacement)
+    pre, post, _ = _modify_one(eng, ctx, coll, ids[0], query, update, replacement, ctx.arg("arrayFilters"))
     value = post if ctx.arg("new") else pre
     return {"lastErrorObject": {"n": 1, "updatedExisting": True}, "value": _project(eng, ctx, value, fields)}
 
@@ -392,10 +396,7 @@ def _find(eng: Engine, ctx: Ctx) -> dict[str, Any]:
 @command("getMore")
 def _get_more(eng: Engine, ctx: Ctx) -> dict[str, Any]:
     cid = int(ctx.body["getMore"])
-    cursor = eng.cursors.get(cid)
-    if cursor is None:
-        raise CommandError(43, f"cursor id {cid} not found")
-    eng.cursor_seen[cid] = time.monotonic()
+    cursor = eng.get_cursor(cid)
     if cursor.kind == "changestream":
         from .changestream import get_more
 
@@ -405,8 +406,7 @@ def _get_more(eng: Engine, ctx: Ctx) -> dict[str, Any]:
     if rest is not None:
         cursor.docs = rest
     else:
-        eng.cursors.pop(cid, None)
-        eng.cursor_seen.pop(cid, None)
+        eng.drop_cursor(cid)
     return {"cursor": {"nextBatch": batch, "id": Int64(0 if done else cid), "ns": cursor.ns}}
 
 
@@ -414,8 +414,7 @@ def _get_more(eng: Engine, ctx: Ctx) -> dict[str, Any]:
 def _kill_cursors(eng: Engine, ctx: Ctx) -> dict[str, Any]:
     killed, missing = [], []
     for cid in ctx.arg("cursors") or []:
-        if eng.cursors.pop(int(cid), None) is not None:
-            eng.cursor_seen.pop(int(cid), None)
+        if eng.drop_cursor(int(cid)):
             killed.append(Int64(cid))
         else:
             missing.append(Int64(cid))

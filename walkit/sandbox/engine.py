@@ -154,8 +154,10 @@ class Engine:
 
     # -- logging changes ---------------------------------------------------
     def record(self, ctx: Ctx, entry: Entry) -> None:
-        """Log a change now, or at commit when inside a transaction."""
-        entry.wall = self.clock.now()
+        """Log a change now, or at commit when inside a transaction.
+
+        The oplog stamps wallTime when the change (or the commit) is logged.
+        """
         if ctx.txn is not None:
             ctx.txn.entries.append(entry)
             return
@@ -182,11 +184,25 @@ class Engine:
         self.cursor_seen[cid] = time.monotonic()
         return cid
 
+    def get_cursor(self, cid: int) -> Any:
+        """The open cursor ``cid`` (CursorNotFound 43 if none), marked as used now."""
+        self._prune_cursors()
+        cursor = self.cursors.get(cid)
+        if cursor is None:
+            raise CommandError(43, f"cursor id {cid} not found")
+        self.cursor_seen[cid] = time.monotonic()
+        return cursor
+
+    def drop_cursor(self, cid: int) -> bool:
+        """Forget cursor ``cid``; True if it was open."""
+        self.cursor_seen.pop(cid, None)
+        return self.cursors.pop(cid, None) is not None
+
     def _prune_cursors(self, idle: float = 600.0) -> None:
+        """Close cursors unused for ``idle`` seconds, as MongoDB's cursor timeout does."""
         now = time.monotonic()
         for cid in [c for c, t in self.cursor_seen.items() if now - t > idle]:
-            self.cursors.pop(cid, None)
-            self.cursor_seen.pop(cid, None)
+            self.drop_cursor(cid)
 
     # -- running commands --------------------------------------------------
     def new_connection(self) -> int:
@@ -196,7 +212,7 @@ class Engine:
         """Run one request and return the reply document (never raises)."""
         body = req.body
         if not body:
-            return self._finish(CommandError(9, "empty command document").reply())
+            return self.finish(CommandError(9, "empty command document").reply())
         name = next(iter(body))
         db = body.get("$db") or req.legacy_db or "admin"
         ctx = Ctx(db=db, name=name, body=body, sequences=req.sequences, conn_id=conn_id)
@@ -220,9 +236,10 @@ class Engine:
         except Exception as exc:  # a bug or an unforeseen input: answer, keep serving
             log.exception("command %r failed", name)
             reply = CommandError(1, f"{type(exc).__name__}: {exc}").reply()
-        return self._finish(reply)
+        return self.finish(reply)
 
-    def _finish(self, reply: dict[str, Any]) -> dict[str, Any]:
+    def finish(self, reply: dict[str, Any]) -> dict[str, Any]:
+        """Complete a reply: ``ok`` and, on a replica set, the cluster time."""
         reply.setdefault("ok", 1.0)
         if self.set_name is None:
             return reply

@@ -30,7 +30,13 @@ CODE_NAMES = {
     263: "OperationNotSupportedInTransaction",
     280: "ChangeStreamFatalError",
     286: "ChangeStreamHistoryLost",
+    223: "IllegalOpMsgFlag",
     10334: "BSONObjectTooLarge",
+    40430: "Location40430",
+    40431: "Location40431",
+    40432: "Location40432",
+    40587: "Location40587",
+    5739101: "Location5739101",
     11000: "DuplicateKey",
 }
 

@@ -17,9 +17,10 @@ ordered by string comparison, encoding (clusterTime, txn index, kind).
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -56,26 +57,32 @@ class Entry:
     lsid: dict[str, Any] | None = None
     txn_number: int | None = None
     txn_index: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def position(self) -> Position:
         return (self.ts.time, self.ts.inc, self.txn_index)
 
 
-def encode_token(pos: Position, kind: int = KIND_EVENT) -> dict[str, str]:
-    """The resume token for an event (or high-water mark) at ``pos``."""
+def encode_token(pos: Position, kind: int, epoch: str) -> dict[str, str]:
+    """The resume token for an event (or high-water mark) at ``pos``.
+
+    ``epoch`` names the server instance, so a token from before a restart is
+    recognised as lost history even when its clusterTime looks recent.
+    """
     t, i, idx = pos
-    return {"_data": f"82{t:08X}{i:08X}{idx:08X}{kind:02X}"}
+    return {"_data": f"82{t:08X}{i:08X}{idx:08X}{kind:02X}{epoch}"}
 
 
-def decode_token(token: Any) -> tuple[Position, int]:
-    """Parse a token produced by :func:`encode_token`; ValueError if foreign."""
+def decode_token(token: Any) -> tuple[Position, int, str]:
+    """Parse a token made by :func:`encode_token`: (position, kind, epoch)."""
     data = token.get("_data") if isinstance(token, dict) else None
-    if not isinstance(data, str) or len(data) != 28 or not data.startswith("82"):
+    if not isinstance(data, str) or len(data) != 36 or not data.startswith("82"):
         raise ValueError(f"not a resume token of this server: {token!r}")
-    t, i, idx, kind = int(data[2:10], 16), int(data[10:18], 16), int(data[18:26], 16), int(data[26:28], 16)
-    return (t, i, idx), kind
+    try:
+        t, i, idx, kind = int(data[2:10], 16), int(data[10:18], 16), int(data[18:26], 16), int(data[26:28], 16)
+    except ValueError:
+        raise ValueError(f"not a resume token of this server: {token!r}") from None
+    return (t, i, idx), kind, data[28:]
 
 
 class Oplog:
@@ -86,6 +93,8 @@ class Oplog:
             raise ValueError("the oplog must keep at least one entry")
         self.clock = clock
         self.max_entries = max_entries
+        #: This server instance, written into every resume token.
+        self.epoch = os.urandom(4).hex().upper()
         self.entries: deque[Entry] = deque()
         #: How many oplog entries ``entries`` holds (one per write or transaction).
         self.groups = 0
@@ -147,6 +156,17 @@ class Oplog:
     def lost(self, after: Position) -> bool:
         """True when some entry after ``after`` has fallen off (or predates the server)."""
         return after < self.floor
+
+    def token(self, pos: Position, kind: int = KIND_EVENT) -> dict[str, str]:
+        """This server's resume token for ``pos``."""
+        return encode_token(pos, kind, self.epoch)
+
+    def check(self, after: Position) -> None:
+        """Raise ChangeStreamHistoryLost (286) when :meth:`lost` says so."""
+        if self.lost(after):
+            from .errors import CommandError
+
+            raise CommandError(286, "Resume of change stream was not possible, as the resume point may no longer be in the oplog.")
 
     def find(self, pos: Position) -> Entry | None:
         """The entry at exactly ``pos``, if the oplog still holds it."""

@@ -2,9 +2,13 @@
 
 Guaranteed: a connection that sends something that is not a MongoDB message
 (bad framing, unknown opcode, more than 48 MB) is closed without affecting
-any other connection; a well-framed message with bad BSON gets an error
-reply; an unknown command gets ``no such command`` (59).  A client that
-disconnects while its ``getMore`` waits costs nothing but that thread.
+any other connection; a well-framed message with bad contents (invalid BSON,
+an unknown section kind...) gets an error reply and the connection stays
+usable; an unknown command gets ``no such command`` (59).  A request sent
+with ``moreToCome`` (``w: 0``) never gets a reply, not even an error.  A
+client that disconnects while its ``getMore`` waits costs nothing but that
+thread, until the next write or the ``maxTimeMS`` ends the wait; stopping
+the server ends every waiting ``getMore`` at once.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Any
 
 from .engine import Engine
 from .errors import CommandError
-from .wire import BadBSONError, ProtocolError, Request, encode_reply, read_request
+from .wire import BadMessageError, ProtocolError, Request, encode_reply, read_request
 
 log = logging.getLogger("walkit.sandbox")
 
@@ -36,9 +40,12 @@ class _Handler(socketserver.BaseRequestHandler):
             while not self.server.stopping.is_set():
                 try:
                     req = read_request(sock)
-                except BadBSONError as exc:
+                except BadMessageError as exc:
+                    log.info("bad message on connection %d: %s", conn_id, exc)
+                    if exc.more_to_come:
+                        continue
                     req = Request(exc.request_id, exc.op_code, {})
-                    reply: dict[str, Any] = engine._finish(CommandError(22, str(exc)).reply())
+                    reply: dict[str, Any] = engine.finish(CommandError(exc.code, str(exc)).reply())
                 else:
                     reply = engine.run(req, conn_id)
                     if req.more_to_come:
@@ -47,7 +54,7 @@ class _Handler(socketserver.BaseRequestHandler):
                     data = encode_reply(req, reply, self.server.next_id())
                 except Exception as exc:  # an unencodable reply is a sandbox bug: say so, keep serving
                     log.exception("cannot encode the reply to %r", next(iter(req.body), "?"))
-                    data = encode_reply(req, engine._finish(CommandError(1, f"walkit sandbox could not encode its reply: {exc}").reply()), self.server.next_id())
+                    data = encode_reply(req, engine.finish(CommandError(1, f"walkit sandbox could not encode its reply: {exc}").reply()), self.server.next_id())
                 sock.sendall(data)
         except (EOFError, ConnectionError, OSError):
             pass
@@ -79,8 +86,13 @@ class SandboxTCPServer(socketserver.ThreadingTCPServer):
         with self._open_lock:
             (self._open.add if add else self._open.discard)(sock)
 
+    def connection_count(self) -> int:
+        """How many client connections have a live handler thread right now."""
+        with self._open_lock:
+            return len(self._open)
+
     def close_connections(self) -> None:
-        """Drop every client connection (used on stop, like a server going away)."""
+        """Drop every client connection and end every waiting ``getMore`` (used on stop)."""
         self.stopping.set()
         with self._open_lock:
             socks = list(self._open)
@@ -89,5 +101,11 @@ class SandboxTCPServer(socketserver.ThreadingTCPServer):
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+        # Close every change stream, then wake the getMores waiting on them:
+        # a closed stream stops waiting at once instead of sitting out its
+        # maxTimeMS on a server that is gone.
         with self.engine.oplog.changed:
+            for cursor in self.engine.cursors.values():
+                if getattr(cursor, "kind", None) == "changestream":
+                    cursor.closed = True
             self.engine.oplog.changed.notify_all()

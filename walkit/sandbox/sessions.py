@@ -87,10 +87,8 @@ class Sessions:
                 raise CommandError(263, f"Cannot run '{ctx.name}' in a multi-document transaction.")
             try:
                 reply = handler(self.engine, ctx)
-            except CommandError as exc:
+            except Exception:  # any failure inside a transaction aborts it, as in MongoDB
                 self.abort(ctx.txn)
-                if exc.code in (112, 11000) and "TransientTransactionError" not in exc.labels:
-                    exc.labels.extend(TRANSIENT if exc.code == 112 else [])
                 raise
             if reply.get("writeErrors"):
                 self.abort(ctx.txn)
@@ -181,23 +179,23 @@ class Sessions:
         if txn is None or txn.state != "active":
             return
         eng = self.engine
-        for entry in reversed(txn.entries):
-            coll = eng.coll(entry.db, entry.coll or "")
-            key = (entry.doc_key or {}).get("_id")
-            if entry.op == "insert":
-                coll.delete_one({"_id": key})
-            elif entry.op in ("update", "replace") and entry.pre is not None:
-                coll.replace_one({"_id": key}, entry.pre)
-            elif entry.op == "delete" and entry.pre is not None:
-                coll.insert_one(copy.deepcopy(entry.pre))
-        for db, name in txn.created:
-            if eng.exists(db, name) and eng.coll(db, name).estimated_document_count() == 0:
-                eng.coll(db, name).drop()
-                eng.colls.pop((db, name), None)
-        txn.created = []
-        txn.entries = []
-        txn.state = "aborted"
-        self._release(txn)
+        try:
+            for entry in reversed(txn.entries):
+                coll = eng.coll(entry.db, entry.coll or "")
+                key = (entry.doc_key or {}).get("_id")
+                if entry.op == "insert":
+                    coll.delete_one({"_id": key})
+                elif entry.pre is not None:  # update, replace, delete: put the old document back
+                    coll.replace_one({"_id": key}, copy.deepcopy(entry.pre), upsert=True)
+            for db, name in txn.created:
+                if eng.exists(db, name) and eng.coll(db, name).estimated_document_count() == 0:
+                    eng.coll(db, name).drop()
+                    eng.colls.pop((db, name), None)
+        finally:
+            txn.created = []
+            txn.entries = []
+            txn.state = "aborted"
+            self._release(txn)
 
 
 def _txn_from_ctx(eng: Engine, ctx: Ctx) -> Transaction:

@@ -144,7 +144,8 @@ def update_by_id(coll: Any, key: Any, query: dict[str, Any], pre: dict[str, Any]
     """Apply an operator (or pipeline) update to the one document ``key``."""
     try:
         coll.update_one({"_id": key}, _resolve_positional(update, query, pre), array_filters=array_filters)
-    except mongomock_ng.WriteError as exc:
+    except mongomock_ng.OperationFailure as exc:
+        coll.replace_one({"_id": key}, pre)  # a failed update changes nothing
         if "(immutable) field '_id'" in str(exc):
             raise CommandError(66, str(exc)) from None
         raise

@@ -4,9 +4,13 @@ Speaks OP_MSG (2013) and the legacy OP_QUERY (2004) that drivers still use
 for the first ``hello``; replies with OP_MSG or OP_REPLY (1) to match.
 Compression is never advertised, so OP_COMPRESSED is refused.
 
-Guaranteed: a message whose framing is broken raises :class:`ProtocolError`
-(the server then closes that one connection); a message whose BSON is bad
-raises :class:`BadBSONError` so the server can answer with an error document.
+Guaranteed: a message whose framing is broken (a length outside
+16..48 000 000, or an opCode other than OP_MSG and OP_QUERY) raises
+:class:`ProtocolError` (the server then closes that one connection).  A
+message that was read whole but whose contents are bad (invalid BSON, an
+unknown OP_MSG section kind or required flag bit, a missing body) raises
+:class:`BadMessageError` with MongoDB's error code, so the server can answer
+with an error document and keep the connection.
 """
 
 from __future__ import annotations
@@ -43,13 +47,28 @@ class ProtocolError(Exception):
     """The byte stream is not a MongoDB message; close the connection."""
 
 
-class BadBSONError(Exception):
-    """A well-framed message holds invalid BSON; answer with an error."""
+#: Names of the codes :class:`BadMessageError` uses (as mongod names them).
+class BadMessageError(Exception):
+    """A well-framed message whose contents are invalid; answer with an error.
 
-    def __init__(self, request_id: int, op_code: int, message: str) -> None:
+    ``code`` is the error code mongod uses for the same fault (22 InvalidBSON
+    for bad BSON); ``more_to_come`` is true when the client asked for no reply.
+    """
+
+    def __init__(self, request_id: int, op_code: int, message: str, code: int = 22, more_to_come: bool = False) -> None:
         super().__init__(message)
         self.request_id = request_id
         self.op_code = op_code
+        self.code = code
+        self.more_to_come = more_to_come
+
+
+class _BadContentError(ValueError):
+    """A message's contents are malformed; ``code`` is mongod's code for it."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass
@@ -92,23 +111,27 @@ def read_request(sock: socket.socket) -> Request:
     if length < 16 or length > MAX_MESSAGE_SIZE:
         raise ProtocolError(f"message length {length} is outside 16..{MAX_MESSAGE_SIZE}")
     payload = _recv_exact(sock, length - 16)
+    if op_code not in (OP_MSG, OP_QUERY):
+        raise ProtocolError(f"unsupported opCode {op_code}")
+    # The whole message has been read, so the stream is still in step: from
+    # here on every fault is answered, never a reason to drop the connection.
+    more_to_come = op_code == OP_MSG and len(payload) >= 4 and bool(struct.unpack_from("<I", payload)[0] & FLAG_MORE_TO_COME)
     try:
-        if op_code == OP_MSG:
-            req = _parse_msg(request_id, payload)
-        elif op_code == OP_QUERY:
-            req = _parse_query(request_id, payload)
-        else:
-            raise ProtocolError(f"unsupported opCode {op_code}")
+        req = _parse_msg(request_id, payload) if op_code == OP_MSG else _parse_query(request_id, payload)
+    except _BadContentError as exc:
+        raise BadMessageError(request_id, op_code, str(exc), exc.code, more_to_come) from exc
     except (bson.errors.InvalidBSON, bson.errors.InvalidDocument, UnicodeDecodeError) as exc:
-        raise BadBSONError(request_id, op_code, f"invalid BSON in request: {exc}") from exc
-    except (ValueError, struct.error, IndexError) as exc:
-        raise ProtocolError(f"malformed message: {exc}") from exc
+        raise BadMessageError(request_id, op_code, f"invalid BSON in request: {exc}", 22, more_to_come) from exc
+    except Exception as exc:  # ValueError, struct.error, IndexError, or a decoder surprise
+        raise BadMessageError(request_id, op_code, f"malformed message: {type(exc).__name__}: {exc}", 22, more_to_come) from exc
     req.size = length
     return req
 
 
 def _parse_msg(request_id: int, data: bytes) -> Request:
     (flags,) = struct.unpack_from("<I", data, 0)
+    if flags & 0xFFFF & ~(FLAG_CHECKSUM | FLAG_MORE_TO_COME):
+        raise _BadContentError(223, f"Message contains illegal flags value: 0b{flags:032b}")
     end = len(data) - (4 if flags & FLAG_CHECKSUM else 0)
     pos = 4
     body: dict[str, Any] | None = None
@@ -117,24 +140,28 @@ def _parse_msg(request_id: int, data: bytes) -> Request:
         kind = data[pos]
         pos += 1
         if kind == 0:
+            if body is not None:
+                raise _BadContentError(40430, "Multiple body sections in message")
             (size,) = struct.unpack_from("<i", data, pos)
             if size < 5 or pos + size > end:
-                raise ValueError(f"body size {size} overruns the message")
-            if body is not None:
-                raise ValueError("two body sections")
+                raise _BadContentError(22, f"invalid BSON in request: body size {size} overruns the message")
             body = bson.decode(data[pos : pos + size], CODEC)
             pos += size
         elif kind == 1:
             (size,) = struct.unpack_from("<i", data, pos)
             if size < 5 or pos + size > end:
-                raise ValueError(f"sequence size {size} overruns the message")
+                raise _BadContentError(22, f"invalid BSON in request: document sequence size {size} overruns the message")
             ident, docs_at = _cstring(data, pos + 4)
+            if docs_at > pos + size:
+                raise _BadContentError(22, "invalid BSON in request: document sequence identifier overruns its section")
+            if ident in sequences:
+                raise _BadContentError(40431, f"Duplicate document sequence: {ident}")
             sequences[ident] = _decode_docs(data[docs_at : pos + size])
             pos += size
         else:
-            raise ValueError(f"unknown OP_MSG section kind {kind}")
+            raise _BadContentError(40432, f"Unknown section kind {kind}")
     if body is None:
-        raise ValueError("OP_MSG without a body section")
+        raise _BadContentError(40587, "OP_MSG messages must have a body")
     return Request(
         request_id, OP_MSG, body, sequences, more_to_come=bool(flags & FLAG_MORE_TO_COME)
     )
@@ -152,7 +179,7 @@ def _parse_query(request_id: int, data: bytes) -> Request:
         query = query["$query"]
     db, _, coll = full_name.partition(".")
     if coll != "$cmd":
-        raise ValueError(f"legacy OP_QUERY is only accepted for commands, not {full_name!r}")
+        raise _BadContentError(5739101, f"OP_QUERY is no longer supported; legacy OP_QUERY is only accepted for commands, not {full_name[:200]!r}")
     return Request(request_id, OP_QUERY, dict(query), legacy_db=db)
 
 

@@ -82,7 +82,7 @@ def test_unreachable_server_is_one_line_exit_1() -> None:
     proc = subprocess.run([sys.executable, "-m", "walkit", "demo", "--uri", uri], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
-    assert proc.stderr.startswith("walkit: error: cannot reach MongoDB")
+    assert proc.stderr.startswith("walkit: error: cannot reach MongoDB:")
 
 
 def test_python_m_walkit_version() -> None:

@@ -18,13 +18,9 @@ from pathlib import Path
 
 from . import __version__
 from .errors import ConfigError, WalkitError
+from .home import Home
 
 Command = Callable[[argparse.Namespace], int]
-
-
-def default_home() -> Path:
-    """``$WALKIT_HOME``, else ``./.walkit``."""
-    return Path(os.environ.get("WALKIT_HOME") or ".walkit")
 
 
 def add_home(parser: argparse.ArgumentParser) -> None:
@@ -75,6 +71,107 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     return 0
 
 
+def _csv(text: str | None) -> list[str]:
+    return [p.strip() for p in (text or "").split(",") if p.strip()]
+
+
+def cmd_capture(args: argparse.Namespace) -> int:
+    from .capture import ChangeCapture
+    from .mongo import redact
+
+    uri = args.uri or os.environ.get("MONGODB_URI")
+    if not uri:
+        raise ConfigError("no MongoDB to capture from: give --uri mongodb://... or set MONGODB_URI")
+    if args.collections and args.exclude:
+        raise ConfigError("give --collections or --exclude, not both")
+    capture = ChangeCapture(
+        uri,
+        Home(args.home),
+        database=args.db,
+        collections=_csv(args.collections),
+        exclude_collections=_csv(args.exclude),
+        fsync_interval=args.fsync_interval,
+        segment_bytes=args.segment_mb * 1024 * 1024,
+    )
+
+    def _stop(signum: int, frame: object) -> None:
+        capture.stop()
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    print(f"walkit capture: {capture.scope} from {redact(uri)} into {capture.home.wal_dir}; Ctrl-C stops", file=sys.stderr, flush=True)
+    stats = capture.run()
+    span = f" (seq {stats.first_seq}..{stats.last_seq})" if stats.first_seq else ""
+    print(f"walkit capture: stopped; {stats.events} events{span}, {stats.gaps} gaps, {stats.reconnects} reconnects; everything is on disk", file=sys.stderr)
+    return 0
+
+
+def _wal_dir(args: argparse.Namespace) -> Path:
+    home = Home(args.home)
+    if not home.wal_dir.is_dir():
+        raise ConfigError(f"no WAL at {home.wal_dir}: run `walkit capture` first, or give the right --home")
+    return home.wal_dir
+
+
+def cmd_wal_ls(args: argparse.Namespace) -> int:
+    import json
+
+    from .wal import Report, list_segments, summarize
+
+    report = Report()
+    rows = [summarize(seg, report) for seg in list_segments(_wal_dir(args)).segments]
+    if args.json:
+        for r in rows:
+            print(json.dumps({
+                "segment": r.name, "sealed": r.sealed, "bytes": r.size, "first_seq": r.first_seq, "last_seq": r.last_seq,
+                "first_time": r.first_time.isoformat() if r.first_time else None, "last_time": r.last_time.isoformat() if r.last_time else None,
+            }))
+    else:
+        print(f"{'segment':<22}{'state':<8}{'seq':>22}  {'time (UTC)':<41}{'bytes':>12}")
+        for r in rows:
+            seq = f"{r.first_seq}..{r.last_seq}" if r.first_seq is not None else "-"
+            span = f"{_iso(r.first_time)} .. {_iso(r.last_time)}" if r.first_time else "-"
+            print(f"{r.name:<22}{'sealed' if r.sealed else 'open':<8}{seq:>22}  {span:<41}{r.size:>12}")
+    for p in report.problems:
+        print(f"walkit: warning: {p} (run `walkit verify`)", file=sys.stderr)
+    return 0
+
+
+def _iso(dt: object) -> str:
+    from datetime import datetime
+
+    return dt.strftime("%Y-%m-%d %H:%M:%S") if isinstance(dt, datetime) else "-"
+
+
+def cmd_wal_show(args: argparse.Namespace) -> int:
+    from .events import ChangeEvent
+    from .wal import read_records
+
+    for rec in read_records(_wal_dir(args), args.from_seq, args.to_seq):
+        event = ChangeEvent.from_record(rec)
+        print(event.to_json() if args.json else event.describe())
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    import json
+
+    from .wal import verify
+
+    report = verify(_wal_dir(args))
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        for p in report.problems:
+            print(f"DAMAGED  {p}")
+        if report.torn_tail is not None:
+            print(f"note     {report.torn_tail} (an unfinished write after a crash; capture truncates it when it next starts)")
+        state = "intact" if report.ok else f"{len(report.problems)} problem(s)"
+        seqs = f"seq {report.first_seq}..{report.last_seq}" if report.first_seq is not None else "no events yet"
+        print(f"WAL {state}: {len(report.segments)} segments, {report.events} events, {report.gaps} gaps, {seqs}")
+    return 0 if report.ok else 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -122,6 +219,58 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--uri", default=os.environ.get("MONGODB_URI"), help="use this MongoDB replica set instead of a sandbox")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "capture",
+        help="capture every change into the local write-ahead log",
+        description=(
+            "Watch MongoDB's change stream and append every change (insert, update, replace, delete, "
+            "drop, rename, dropDatabase, transactions) to the WAL in HOME/wal, until Ctrl-C or SIGTERM "
+            "(a clean stop: everything is fsynced). A restart resumes exactly where the WAL ends. If the "
+            "server no longer has the changes since then (it restarted, or its oplog rolled over), a gap "
+            "marker is recorded and capture goes on."
+        ),
+    )
+    p.add_argument("--uri", help="the MongoDB replica set (default: $MONGODB_URI)")
+    p.add_argument("--db", metavar="NAME", help="capture one database (default: the whole deployment)")
+    p.add_argument("--collections", metavar="A,B", help="capture only these collections")
+    p.add_argument("--exclude", metavar="C,D", help="capture everything but these collections")
+    add_home(p)
+    p.add_argument("--fsync-interval", type=float, default=0.2, metavar="S", help="at most this many seconds between a write and its fsync (default: 0.2)")
+    p.add_argument("--segment-mb", type=_positive, default=16, metavar="N", help="seal and compress a segment when it reaches N MiB (default: 16)")
+    p.set_defaults(func=cmd_capture)
+
+    p = sub.add_parser("wal", help="look inside the write-ahead log", description="List the WAL's segments, or print its events.")
+    wal = p.add_subparsers(dest="wal_command", metavar="WHAT", required=True)
+    q = wal.add_parser("ls", help="list segments", description="One line per segment: sealed or open, seq range, time range, size.")
+    add_home(q)
+    q.add_argument("--json", action="store_true", help="one JSON object per segment")
+    q.set_defaults(func=cmd_wal_ls)
+    q = wal.add_parser(
+        "show",
+        help="print events",
+        description=(
+            "Print events (and gap markers) in seq order: seq, time, operation, namespace, document key, and "
+            "the full document or update description as captured. --json prints canonical Extended JSON, one per line."
+        ),
+    )
+    add_home(q)
+    q.add_argument("--from-seq", type=_positive, metavar="N", help="first seq to print")
+    q.add_argument("--to-seq", type=_positive, metavar="M", help="last seq to print")
+    q.add_argument("--json", action="store_true", help="canonical Extended JSON, one event per line")
+    q.set_defaults(func=cmd_wal_show)
+
+    p = sub.add_parser(
+        "verify",
+        help="prove the WAL intact",
+        description=(
+            "Check every record's CRC, every segment's seal, the hash chain between segments and seq "
+            "continuity. Exit 0 when intact; 1 naming the file, byte offset and reason of each problem."
+        ),
+    )
+    add_home(p)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_verify)
     return parser
 
 
@@ -134,6 +283,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
+    except BrokenPipeError:  # e.g. `walkit wal show | head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("walkit: interrupted", file=sys.stderr)
         return 130
@@ -152,4 +304,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-__all__ = ["main", "build_parser", "default_home", "add_home", "ConfigError"]
+__all__ = ["main", "build_parser", "add_home"]

@@ -20,6 +20,9 @@ __all__ = [
     "ServerError",
     "NotAReplicaSetError",
     "SandboxError",
+    "WALError",
+    "WALLockedError",
+    "WALCorruptError",
 ]
 
 
@@ -47,3 +50,24 @@ class NotAReplicaSetError(ServerError):
 
 class SandboxError(WalkitError):
     """The embedded sandbox server could not start or serve."""
+
+
+class WALError(WalkitError):
+    """The write-ahead log cannot be used as asked."""
+
+
+class WALLockedError(WALError):
+    """Another process holds this home's writer lock."""
+
+    exit_code = 2
+
+
+class WALCorruptError(WALError):
+    """A WAL segment is damaged; names the file, the byte offset and why."""
+
+    def __init__(self, file: str, offset: int, reason: str, advice: str = "") -> None:
+        self.file = file
+        self.offset = offset
+        self.reason = reason
+        text = f"{file} at byte {offset}: {reason}"
+        super().__init__(f"{text}; {advice}" if advice else text)

@@ -29,7 +29,8 @@ def connect(uri: str, timeout_ms: int = 10_000, **kwargs: Any) -> pymongo.MongoC
     if "serverselectiontimeoutms" not in uri.lower():
         kwargs.setdefault("serverSelectionTimeoutMS", timeout_ms)
     try:
-        return pymongo.MongoClient(uri, tz_aware=True, **kwargs)
+        kwargs.setdefault("tz_aware", True)
+        return pymongo.MongoClient(uri, **kwargs)
     except (pm.ConfigurationError, pm.InvalidURI, ValueError, TypeError) as exc:
         raise ConfigError(f"bad MongoDB URI {redact(uri)!r}: {exc}") from None
 
@@ -84,7 +85,8 @@ def redact(uri: str) -> str:
 def describe_error(exc: BaseException) -> str | None:
     """One clear sentence for a pymongo error a user can cause, else None."""
     if isinstance(exc, pm.ServerSelectionTimeoutError):
-        return f"cannot reach MongoDB ({exc.__class__.__name__}): is the server running and the URI right? details: {str(exc).split(',')[0]}"
+        detail = str(exc).split(", Timeout:")[0].split(" (configured timeouts")[0]
+        return f"cannot reach MongoDB: is the server running and the URI right? ({detail})"
     if isinstance(exc, pm.OperationFailure):
         if exc.code == 40573 or "only supported on replica sets" in str(exc):
             return f"the server is standalone; {STANDALONE_FIX}"

@@ -1,0 +1,82 @@
+"""A walkit home: the folder holding one deployment's local state.
+
+Layout (more arrives with snapshots and bundles)::
+
+    HOME/
+      writer.lock     held (flock) by the one process that writes the WAL
+      wal/            WAL segments: seg-00000001.wal (open), seg-*.wal.zst (sealed)
+
+Guaranteed: at most one writer per home at a time, across processes; the
+lock is released by the kernel when its holder dies, even by ``kill -9``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+from types import TracebackType
+
+from .errors import ConfigError, WALLockedError
+
+__all__ = ["Home", "default_home"]
+
+
+def default_home() -> Path:
+    """``$WALKIT_HOME``, else ``./.walkit``."""
+    return Path(os.environ.get("WALKIT_HOME") or ".walkit")
+
+
+class Home:
+    """Paths inside one walkit home, and its writer lock."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self.path = Path(path) if path is not None else default_home()
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(f"walkit home {self.path} exists and is not a folder; pick another --home")
+        self._lock_fd: int | None = None
+
+    @property
+    def wal_dir(self) -> Path:
+        return self.path / "wal"
+
+    def create(self) -> Home:
+        """Make the folders (a new home is fine; an existing one is kept as it is)."""
+        try:
+            self.wal_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create walkit home {self.path}: {exc.strerror}") from None
+        return self
+
+    def lock(self) -> Home:
+        """Take the writer lock or raise WALLockedError naming the holder."""
+        self.create()
+        path = self.path / "writer.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise WALLockedError(
+                f"{self.path} is already being written by {holder}; stop that walkit first, or use another --home"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"walkit pid {os.getpid()}\n".encode())
+        self._lock_fd = fd
+        return self
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> Home:
+        return self.lock()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.unlock()
+
+    def __repr__(self) -> str:
+        return f"Home({str(self.path)!r})"

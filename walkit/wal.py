@@ -1,0 +1,339 @@
+"""The write-ahead log's on-disk format, and reading and verifying it.
+
+A WAL is a folder of segments ``seg-00000001.wal`` ... ; every segment but
+the last is sealed and compressed to ``seg-NNNNNNNN.wal.zst`` (one zstd frame
+of exactly the bytes the open segment had).  A segment is a run of frames::
+
+    frame = u32 length | u32 crc32(body) | body          (little-endian)
+    body  = one BSON document, "k" saying which record it is:
+      h  header      first in every segment: segment, first_seq, prev (hash), created, format
+      e  event       seq, ct (clusterTime), wt (wallTime), tok (resume token), ev (the event, raw)
+      g  gap         seq, wt, reason, after_tok: history was lost here (error 286)
+      c  checkpoint  after_seq, ct, tok: the stream's postBatchResumeToken while idle
+      s  seal        last in a sealed segment: last_seq, records, sha256 of all bytes before it
+
+Events and gaps carry a sequence number, gapless across the whole WAL.  The
+seal's hash of its segment is repeated as the next segment's ``prev``, so a
+missing, reordered or altered segment breaks the chain.  :func:`verify`
+checks every CRC, the chain, the seals and seq continuity.  Guaranteed: the
+event bytes read back are the bytes MongoDB sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+import bson
+from bson.codec_options import CodecOptions, DatetimeConversion
+from bson.raw_bson import RawBSONDocument
+
+FORMAT = 1
+FRAME = struct.Struct("<II")
+MAX_RECORD = 64 * 1024 * 1024
+SEGMENT_RE = re.compile(r"^seg-(\d{8})\.wal(\.zst)?$")
+#: How records are decoded: nested documents stay raw, so events keep their bytes.
+RAW = CodecOptions(document_class=RawBSONDocument, tz_aware=True, datetime_conversion=DatetimeConversion.DATETIME_AUTO)
+DATA_KINDS = ("e", "g")
+
+
+def segment_name(index: int, sealed: bool) -> str:
+    return f"seg-{index:08d}.wal" + (".zst" if sealed else "")
+
+
+def frame(body: bytes) -> bytes:
+    return FRAME.pack(len(body), zlib.crc32(body)) + body
+
+
+@dataclass
+class Record:
+    """One decoded record and where it lies."""
+
+    kind: str
+    body: RawBSONDocument
+    file: str
+    offset: int
+    size: int
+
+    @property
+    def seq(self) -> int | None:
+        value = self.body.get("seq")
+        return int(value) if value is not None else None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.body.get(key, default)
+
+
+class FrameError(Exception):
+    """A frame that cannot be read: ``torn`` when it is cut off by the end of the data."""
+
+    def __init__(self, offset: int, reason: str, torn: bool) -> None:
+        super().__init__(reason)
+        self.offset = offset
+        self.reason = reason
+        self.torn = torn
+
+
+def iter_frames(stream: IO[bytes], name: str, start: int = 0) -> Iterator[Record]:
+    """Records from a stream of frames; FrameError at the first bad one."""
+    offset = start
+    while True:
+        head = stream.read(FRAME.size)
+        if not head:
+            return
+        if len(head) < FRAME.size:
+            raise FrameError(offset, f"frame header cut off after {len(head)} of {FRAME.size} bytes", torn=True)
+        length, crc = FRAME.unpack(head)
+        if length < 5 or length > MAX_RECORD:
+            body = stream.read(1)
+            raise FrameError(offset, f"impossible record length {length}", torn=not body)
+        body = stream.read(length)
+        if len(body) < length:
+            raise FrameError(offset, f"record cut off: {len(body)} of {length} bytes", torn=True)
+        if zlib.crc32(body) != crc:
+            torn = not stream.read(1)
+            raise FrameError(offset, "CRC mismatch (the record's bytes are not what was written)", torn=torn)
+        try:
+            doc = RawBSONDocument(body, RAW)
+            kind = doc["k"]
+        except (bson.errors.InvalidBSON, KeyError) as exc:
+            raise FrameError(offset, f"record is not a walkit record: {exc}", torn=False) from None
+        yield Record(kind, doc, name, offset, FRAME.size + length)
+        offset += FRAME.size + length
+
+
+@dataclass
+class Segment:
+    """One segment file."""
+
+    index: int
+    path: Path
+    sealed: bool
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def open(self) -> IO[bytes]:
+        """The segment's uncompressed bytes as a stream."""
+        raw = self.path.open("rb")
+        if not self.sealed:
+            return raw
+        import zstandard
+
+        return zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)
+
+    def records(self) -> Iterator[Record]:
+        with self.open() as stream:
+            yield from iter_frames(io.BufferedReader(stream, 1 << 20) if self.sealed else stream, self.name)
+
+
+@dataclass
+class Listing:
+    """What a WAL folder holds: segments in order, and files that do not belong."""
+
+    segments: list[Segment] = field(default_factory=list)
+    strangers: list[Path] = field(default_factory=list)
+
+
+def list_segments(wal_dir: Path) -> Listing:
+    """The folder's segments by index (a sealed copy wins over an open one)."""
+    out = Listing()
+    if not wal_dir.exists():
+        return out
+    found: dict[int, Segment] = {}
+    for path in sorted(wal_dir.iterdir()):
+        match = SEGMENT_RE.match(path.name)
+        if not match or not path.is_file():
+            if not path.name.endswith(".tmp"):
+                out.strangers.append(path)
+            continue
+        index, sealed = int(match.group(1)), bool(match.group(2))
+        if index not in found or sealed:
+            found[index] = Segment(index, path, sealed)
+    out.segments = [found[i] for i in sorted(found)]
+    return out
+
+
+def read_records(wal_dir: Path, from_seq: int | None = None, to_seq: int | None = None, kinds: tuple[str, ...] = DATA_KINDS) -> Iterator[Record]:
+    """Records of the given kinds, oldest first, with ``from_seq <= seq <= to_seq``.
+
+    Streams segment by segment; raises WALCorruptError at a damaged record.
+    """
+    from .errors import WALCorruptError
+
+    for seg in list_segments(wal_dir).segments:
+        try:
+            for rec in seg.records():
+                if rec.kind not in kinds:
+                    continue
+                seq = rec.seq
+                if seq is not None:
+                    if from_seq is not None and seq < from_seq:
+                        continue
+                    if to_seq is not None and seq > to_seq:
+                        return
+                yield rec
+        except FrameError as exc:
+            if exc.torn and not seg.sealed:
+                return  # the writer's unfinished tail: not yet part of the WAL
+            raise WALCorruptError(seg.name, exc.offset, exc.reason, "run `walkit verify` for the whole picture") from None
+
+
+# -- verification -------------------------------------------------------------------
+
+
+@dataclass
+class Problem:
+    file: str
+    offset: int | None
+    reason: str
+
+    def __str__(self) -> str:
+        at = f" at byte {self.offset}" if self.offset is not None else ""
+        return f"{self.file}{at}: {self.reason}"
+
+
+@dataclass
+class SegmentSummary:
+    """What ``walkit wal ls`` shows for one segment."""
+
+    name: str
+    sealed: bool
+    size: int
+    records: int = 0
+    first_seq: int | None = None
+    last_seq: int | None = None
+    first_time: datetime | None = None
+    last_time: datetime | None = None
+    seal_hash: str | None = None
+    header: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Report:
+    """The result of :func:`verify`."""
+
+    segments: list[SegmentSummary] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    events: int = 0
+    gaps: int = 0
+    first_seq: int | None = None
+    last_seq: int | None = None
+    torn_tail: Problem | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "segments": len(self.segments),
+            "events": self.events,
+            "gaps": self.gaps,
+            "first_seq": self.first_seq,
+            "last_seq": self.last_seq,
+            "problems": [{"file": p.file, "offset": p.offset, "reason": p.reason} for p in self.problems],
+            "torn_tail": None if self.torn_tail is None else str(self.torn_tail),
+        }
+
+
+def _time(rec: Record) -> datetime | None:
+    value = rec.get("wt")
+    return value if isinstance(value, datetime) else None
+
+
+def summarize(seg: Segment, report: Report) -> SegmentSummary:
+    """Read one segment, checking its frames, header, seal and inner seq run."""
+    summary = SegmentSummary(seg.name, seg.sealed, seg.path.stat().st_size)
+    digest = hashlib.sha256()  # of every frame before the seal, as the writer hashed them
+    last_seq: int | None = None
+    try:
+        for rec in seg.records():
+            summary.records += 1
+            if summary.records == 1:
+                if rec.kind != "h":
+                    report.problems.append(Problem(seg.name, rec.offset, "the segment does not start with a header record"))
+                else:
+                    summary.header = {k: rec.get(k) for k in ("segment", "first_seq", "prev", "created", "format")}
+            if rec.kind == "s":
+                summary.seal_hash = rec.get("sha256")
+                if summary.seal_hash != digest.hexdigest():
+                    report.problems.append(Problem(seg.name, rec.offset, "the seal's hash does not match the segment's records"))
+                continue
+            digest.update(frame(rec.body.raw))
+            if rec.kind not in DATA_KINDS:
+                continue
+            seq = rec.seq
+            if last_seq is not None and seq != last_seq + 1:
+                report.problems.append(Problem(seg.name, rec.offset, f"seq {seq} follows seq {last_seq}"))
+            last_seq = seq
+            if rec.kind == "e":
+                report.events += 1
+            else:
+                report.gaps += 1
+            summary.first_seq = seq if summary.first_seq is None else summary.first_seq
+            summary.last_seq = seq
+            t = _time(rec)
+            summary.first_time = summary.first_time or t
+            summary.last_time = t or summary.last_time
+    except FrameError as exc:
+        problem = Problem(seg.name, exc.offset, exc.reason)
+        if exc.torn and not seg.sealed:
+            report.torn_tail = problem  # an unfinished write; the writer truncates it on open
+        else:
+            report.problems.append(problem)
+    except Exception as exc:  # zstd errors and the like: the file is not what it should be
+        report.problems.append(Problem(seg.name, None, f"cannot be read: {exc}"))
+    return summary
+
+
+def verify(wal_dir: Path) -> Report:
+    """Check every record's CRC, every seal's hash, the segment chain and seq continuity."""
+    report = Report()
+    listing = list_segments(wal_dir)
+    for path in listing.strangers:
+        report.problems.append(Problem(path.name, None, "this file does not belong in a WAL folder (move it elsewhere)"))
+    previous: tuple[Segment, SegmentSummary] | None = None
+    expected_seq: int | None = None
+    for position, seg in enumerate(listing.segments):
+        known = len(report.problems)
+        summary = summarize(seg, report)
+        damaged = len(report.problems) > known
+        report.segments.append(summary)
+        header = summary.header
+        if previous is not None and seg.index != previous[0].index + 1:
+            report.problems.append(Problem(seg.name, None, f"segment {previous[0].index + 1:08d} is missing before it"))
+        if seg.sealed and summary.seal_hash is None:
+            report.problems.append(Problem(seg.name, None, "a sealed segment without a seal record (cut short?)"))
+        if not seg.sealed and position != len(listing.segments) - 1:
+            report.problems.append(Problem(seg.name, None, "an unsealed segment is followed by others"))
+        if header:
+            if header.get("segment") != seg.index:
+                report.problems.append(Problem(seg.name, 0, f"its header says it is segment {header.get('segment')}"))
+            if previous is not None and previous[1].seal_hash and header.get("prev") != previous[1].seal_hash:
+                report.problems.append(Problem(seg.name, 0, f"its header does not chain to {previous[0].name} (a segment was altered, replaced or reordered)"))
+            first = int(header.get("first_seq") or 0)
+            if expected_seq is not None and first != expected_seq:
+                report.problems.append(Problem(seg.name, 0, f"starts at seq {first}, expected {expected_seq}"))
+            expected_seq = first
+        if damaged:  # its seqs and seal are unknown: do not blame the next segment for them
+            expected_seq, previous = None, None
+            continue
+        if summary.first_seq is not None:
+            if expected_seq is not None and summary.first_seq != expected_seq:
+                report.problems.append(Problem(seg.name, None, f"first seq {summary.first_seq}, expected {expected_seq}"))
+            report.first_seq = summary.first_seq if report.first_seq is None else report.first_seq
+            report.last_seq = summary.last_seq
+            expected_seq = (summary.last_seq or 0) + 1
+        previous = (seg, summary)
+    return report

@@ -10,9 +10,24 @@ __version__ = "0.1.0"
 
 from typing import TYPE_CHECKING
 
+from .capture import CaptureStats, ChangeCapture
 from .clock import Clock, SimulatedClock, SystemClock
-from .errors import ConfigError, NotAReplicaSetError, SandboxError, ServerError, WalkitError
+from .compat import BackgroundCapture, create_wal_writer
+from .errors import (
+    ConfigError,
+    NotAReplicaSetError,
+    SandboxError,
+    ServerError,
+    WALCorruptError,
+    WALError,
+    WalkitError,
+    WALLockedError,
+)
+from .events import ChangeEvent
+from .home import Home
 from .mongo import connect, describe_error, require_replica_set
+from .wal import Report, read_records, verify
+from .walwriter import WALWriter
 
 __all__ = [
     "__version__",
@@ -25,6 +40,19 @@ __all__ = [
     "ServerError",
     "NotAReplicaSetError",
     "SandboxError",
+    "WALError",
+    "WALLockedError",
+    "WALCorruptError",
+    "Home",
+    "ChangeCapture",
+    "CaptureStats",
+    "ChangeEvent",
+    "WALWriter",
+    "read_records",
+    "verify",
+    "Report",
+    "create_wal_writer",
+    "BackgroundCapture",
     "connect",
     "describe_error",
     "require_replica_set",

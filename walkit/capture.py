@@ -14,6 +14,11 @@ checkpoint), so nothing is lost or doubled across ``kill -9``.
   on from a new stream.  Restores must never cross a gap silently.
 - Server restarts and network drops: reconnect with capped exponential
   backoff and resume from the WAL's newest token.
+- A stop (:meth:`ChangeCapture.stop`, SIGTERM/SIGINT in the CLI) first
+  catches up to the server's operationTime at the stop (or until the
+  stream has nothing more; at most ``stop_grace`` seconds), then fsyncs
+  all, so changes acknowledged before the stop are on disk (on MongoDB:
+  those majority-committed by then, as change streams show no others).
 - A standalone server: NotAReplicaSetError with the fix.
 """
 
@@ -32,6 +37,7 @@ from typing import Any
 import pymongo
 from bson.codec_options import CodecOptions, DatetimeConversion
 from bson.raw_bson import RawBSONDocument
+from bson.timestamp import Timestamp
 from pymongo import errors as pm
 from pymongo.change_stream import ChangeStream
 
@@ -86,6 +92,7 @@ class ChangeCapture:
         segment_seconds: float = DEFAULT_SEGMENT_SECONDS,
         checkpoint_interval: float = 10.0,
         max_backoff: float = 30.0,
+        stop_grace: float = 5.0,
     ) -> None:
         self.uri = uri
         self.home = home if isinstance(home, Home) else Home(home)
@@ -98,6 +105,7 @@ class ChangeCapture:
         self.segment_seconds = segment_seconds
         self.checkpoint_interval = checkpoint_interval
         self.max_backoff = max_backoff
+        self.stop_grace = stop_grace
         self.stats = CaptureStats()
         self._stop = threading.Event()
         self.writer: WALWriter | None = None
@@ -115,7 +123,7 @@ class ChangeCapture:
         return where
 
     def stop(self) -> None:
-        """Ask :meth:`run` to flush everything and return (thread-safe)."""
+        """Ask :meth:`run` to catch up, flush everything and return (thread-safe)."""
         self._stop.set()
 
     def run(self, stop: threading.Event | None = None) -> CaptureStats:
@@ -189,7 +197,7 @@ class ChangeCapture:
                     self._record_gap(stream, gap_reason)
                     gap_reason = None
                 with stream:
-                    self._drain(stream)
+                    self._drain(stream, client)
                 backoff = 0.5
             except pm.OperationFailure as exc:
                 if exc.code not in HISTORY_LOST:
@@ -224,17 +232,30 @@ class ChangeCapture:
                 if wall is not None:
                     self.stats.lags.append((now - wall).total_seconds())
 
-    def _drain(self, stream: ChangeStream[Any]) -> None:
+    def _drain(self, stream: ChangeStream[Any], client: pymongo.MongoClient) -> None:
         """Append events until stopped or the stream ends (invalidate).
 
         Every event is written at once; fsyncs are grouped (see WALWriter).
+        Once stopped, it goes on past the server's operationTime at that
+        moment, or until the stream has nothing more (or ``stop_grace`` runs
+        out), so nothing acknowledged before the stop is left behind.
         """
         writer = self.writer
         assert writer is not None
         last_checkpoint = time.monotonic()
-        while not self._stop.is_set() and stream.alive:
+        stop_by: float | None = None
+        stop_at: Timestamp | None = None  # the server's operationTime when asked to stop
+        while stream.alive:
+            if self._stop.is_set():
+                if stop_by is None:
+                    stop_by = time.monotonic() + self.stop_grace
+                    stop_at = self._operation_time(client, max(0.1, self.stop_grace / 2))
+                if time.monotonic() >= stop_by:
+                    break
             event = stream.try_next()
             if event is None:
+                if stop_by is not None:
+                    break  # caught up with what the server had when asked to stop
                 token = stream.resume_token
                 if token is not None and token != writer.last_token and time.monotonic() - last_checkpoint >= self.checkpoint_interval:
                     writer.checkpoint(token, None)
@@ -251,4 +272,17 @@ class ChangeCapture:
             self.stats.first_seq = self.stats.first_seq or seq
             self.stats.last_seq = seq
             writer.commit(force_sync=event["operationType"] == "invalidate")
+            if stop_at is not None and event["clusterTime"] > stop_at:
+                break  # past the last change acknowledged before the stop
         writer.sync()
+
+    @staticmethod
+    def _operation_time(client: pymongo.MongoClient, timeout: float) -> Timestamp | None:
+        """The server's newest operationTime, or None if it cannot say within ``timeout`` s."""
+        try:
+            with pymongo.timeout(timeout):
+                reply = client.admin.command("ping")
+        except pm.PyMongoError:
+            return None
+        at = reply.get("operationTime")
+        return at if isinstance(at, Timestamp) else None

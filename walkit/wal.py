@@ -15,8 +15,12 @@ of exactly the bytes the open segment had).  A segment is a run of frames::
 Events and gaps carry a sequence number, gapless across the whole WAL.  The
 seal's hash of its segment is repeated as the next segment's ``prev``, so a
 missing, reordered or altered segment breaks the chain.  :func:`verify`
-checks every CRC, the chain, the seals and seq continuity.  Guaranteed: the
-event bytes read back are the bytes MongoDB sent.
+checks every CRC, the chain, the seals and seq continuity.  A bad frame in the
+open segment that no good frame follows is a *torn tail* (a write cut off by a
+crash, or the zeros a power cut can leave): not yet part of the WAL, readers
+stop before it and the writer truncates it.  A bad frame with good frames
+after it is damage.  Guaranteed: the event bytes read back are the bytes
+MongoDB sent.
 """
 
 from __future__ import annotations
@@ -82,6 +86,28 @@ class FrameError(Exception):
         self.torn = torn
 
 
+def _frame_follows(data: bytes) -> bool:
+    """Whether a complete frame with a good CRC starts anywhere in ``data`` after its first byte."""
+    end = len(data) - FRAME.size
+    for at in range(1, end - 4):
+        length, crc = FRAME.unpack_from(data, at)
+        # a body is a BSON document, which starts with its own length: a cheap filter before the CRC
+        if 5 <= length <= end - at and data[at : at + 4] == data[at + FRAME.size : at + FRAME.size + 4]:
+            if zlib.crc32(data[at + FRAME.size : at + FRAME.size + length]) == crc:
+                return True
+    return False
+
+
+def _torn(stream: IO[bytes], consumed: bytes) -> bool:
+    """A bad frame is a torn tail when no good frame follows it: a write cut off by a crash,
+    or what a power cut leaves after the last write (zeros, stale bytes)."""
+    try:
+        rest = consumed + stream.read()
+    except Exception:  # a damaged compressed stream: not a tail that a crash can leave
+        return False
+    return not _frame_follows(rest)
+
+
 def iter_frames(stream: IO[bytes], name: str, start: int = 0) -> Iterator[Record]:
     """Records from a stream of frames; FrameError at the first bad one."""
     offset = start
@@ -93,14 +119,12 @@ def iter_frames(stream: IO[bytes], name: str, start: int = 0) -> Iterator[Record
             raise FrameError(offset, f"frame header cut off after {len(head)} of {FRAME.size} bytes", torn=True)
         length, crc = FRAME.unpack(head)
         if length < 5 or length > MAX_RECORD:
-            body = stream.read(1)
-            raise FrameError(offset, f"impossible record length {length}", torn=not body)
+            raise FrameError(offset, f"impossible record length {length}", torn=_torn(stream, head))
         body = stream.read(length)
         if len(body) < length:
-            raise FrameError(offset, f"record cut off: {len(body)} of {length} bytes", torn=True)
+            raise FrameError(offset, f"record cut off: {len(body)} of {length} bytes", torn=_torn(stream, head + body))
         if zlib.crc32(body) != crc:
-            torn = not stream.read(1)
-            raise FrameError(offset, "CRC mismatch (the record's bytes are not what was written)", torn=torn)
+            raise FrameError(offset, "CRC mismatch (the record's bytes are not what was written)", torn=_torn(stream, head + body))
         try:
             doc = RawBSONDocument(body, RAW)
             kind = doc["k"]

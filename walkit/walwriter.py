@@ -12,8 +12,10 @@ is durable once a commit has synced it.  What a crash can lose:
   ``fsync_interval`` of events; those too come back from the server's oplog
   on restart, provided the oplog still holds them.
 
-On open, a torn tail (a record cut off by a crash) is truncated with a
-warning; damage anywhere else raises WALCorruptError and nothing is written.
+On open, a torn tail (a record cut off by a crash, or bytes after the last
+record that hold no complete record) is truncated with a warning; damage
+anywhere else raises WALCorruptError and nothing is written (open reads and
+checks the whole WAL, so it takes time in proportion to the WAL kept locally).
 A segment is sealed when it reaches ``segment_bytes`` or ``segment_seconds``:
 a seal record with the hash of everything before it, then a zstd copy made
 under a temporary name and renamed into place.
@@ -39,7 +41,7 @@ from bson.timestamp import Timestamp
 from . import __version__
 from .clock import Clock, SystemClock
 from .errors import WALCorruptError
-from .wal import FORMAT, RAW, FrameError, Segment, frame, list_segments, segment_name
+from .wal import FORMAT, RAW, FrameError, Segment, frame, list_segments, segment_name, verify
 
 log = logging.getLogger("walkit.wal")
 
@@ -47,8 +49,13 @@ DEFAULT_SEGMENT_BYTES = 16 * 1024 * 1024
 DEFAULT_SEGMENT_SECONDS = 3600.0
 DEFAULT_FSYNC_INTERVAL = 0.2
 ADVICE = (
-    "nothing was written. Run `walkit verify` to see every problem; move the damaged "
-    "file out of the WAL folder (keep it) and restart capture, which then records a gap"
+    "nothing was written. Run `walkit verify` to see every problem; move the damaged file, and every "
+    "segment after it, out of the WAL folder (keep them) and restart capture, which resumes after the "
+    "last intact segment (and records a gap if the server no longer has the changes since then)"
+)
+MISSING_ADVICE = (
+    "nothing was written. Put the file back, or move every segment after the gap out of the WAL folder "
+    "(keep them) and restart capture, which resumes after the last segment before the gap"
 )
 
 
@@ -102,16 +109,24 @@ class WALWriter:
 
     # -- opening -------------------------------------------------------------------
     def open(self) -> WALWriter:
+        """Check the whole WAL (as :func:`walkit.wal.verify` does), finish an interrupted
+        seal, truncate a torn tail, and get ready to append.  On damage, WALCorruptError
+        and no file is changed."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        for leftover in self.dir.glob("seg-*.tmp"):
-            leftover.unlink()
         listing = list_segments(self.dir)
         if listing.strangers:
             raise WALCorruptError(listing.strangers[0].name, 0, "this file does not belong in the WAL folder", "move it elsewhere and start again; nothing was written")
         segments = listing.segments
         for a, b in zip(segments, segments[1:], strict=False):
             if b.index != a.index + 1:
-                raise WALCorruptError(segment_name(a.index + 1, True), 0, "segment is missing", ADVICE)
+                raise WALCorruptError(segment_name(a.index + 1, True), 0, f"segment is missing (found {a.name} and then {b.name})", MISSING_ADVICE)
+        report = verify(self.dir)
+        if report.problems:
+            first = report.problems[0]
+            more = f" (and {len(report.problems) - 1} more problems)" if len(report.problems) > 1 else ""
+            raise WALCorruptError(first.file, first.offset or 0, first.reason + more, ADVICE)
+        for leftover in self.dir.glob("seg-*.tmp"):
+            leftover.unlink()  # a zstd copy cut short: its open segment is still there
         prev_hash, first_seq = "", 1
         for seg in segments:
             if seg.sealed and seg.path.with_suffix("").exists():
@@ -121,6 +136,7 @@ class WALWriter:
         if len(opened) > 1 or (opened and sealed and opened[0].index < sealed[-1].index):
             raise WALCorruptError(opened[0].name, 0, "an unsealed segment is followed by others", ADVICE)
         if sealed:
+            self._find_token(sealed[:-1])
             prev_hash, first_seq = self._read_sealed_tail(sealed[-1])
         if opened:
             self._recover_open(opened[0], prev_hash, first_seq)
@@ -147,6 +163,18 @@ class WALWriter:
             raise WALCorruptError(seg.name, 0, "sealed segment has no seal record", ADVICE)
         return str(seal.get("sha256")), int(seal.get("last_seq")) + 1
 
+    def _find_token(self, older: list[Segment]) -> None:
+        """The newest resume token before the last sealed segment, which may hold none
+        (only gaps without a token): without it a restart would begin from "now"."""
+        for seg in reversed(older):
+            found = None
+            for rec in seg.records():
+                if rec.kind in ("e", "c") or (rec.kind == "g" and rec.get("resume_tok") is not None):
+                    found = rec
+            if found is not None:
+                self._note(found)
+                return
+
     def _note(self, rec: Any) -> None:
         """Track the newest seq and resume token while reading existing records."""
         if rec.kind in ("e", "g"):
@@ -161,6 +189,8 @@ class WALWriter:
             self.last_ct = rec.get("ct")
             self.last_invalidate = False
             self.last_gap = rec.kind == "g"
+        elif rec.kind == "g":  # no new stream's token: keep the older one (resuming from it marks the gap again)
+            self.last_gap = True
 
     def _recover_open(self, seg: Segment, prev_hash: str, first_seq: int) -> None:
         good = 0
@@ -239,20 +269,25 @@ class WALWriter:
         """Record that history was lost after the newest record; returns its seq.
 
         ``resume_token`` is where the new stream starts, so a restart resumes there.
+        Without one the older token is kept, as a reopened writer keeps it: a
+        restart that resumes from it fails again and marks the gap again,
+        where starting from "now" would skip changes silently.
         """
         seq = self.next_seq
         body = {"k": "g", "seq": Int64(seq), "wt": self.clock.now(), "reason": reason, "after_tok": self.last_token, "after_ct": self.last_ct, "resume_tok": resume_token, "ct": resume_ct}
         self._add(bson.encode(body))
         self.next_seq += 1
         self._data_records += 1
-        self.last_token, self.last_ct, self.last_invalidate, self.last_gap = resume_token, resume_ct, False, True
+        if resume_token is not None:
+            self.last_token, self.last_ct, self.last_invalidate = resume_token, resume_ct, False
+        self.last_gap = True
         return seq
 
     def checkpoint(self, token: Any, cluster_time: Timestamp | None) -> None:
         """Persist an idle stream's postBatchResumeToken (no seq)."""
         body = {"k": "c", "after_seq": Int64(self.next_seq - 1), "wt": self.clock.now(), "tok": token, "ct": cluster_time}
         self._add(bson.encode(body))
-        self.last_token, self.last_ct, self.last_invalidate = token, cluster_time, False
+        self.last_token, self.last_ct, self.last_invalidate, self.last_gap = token, cluster_time, False, False
 
     def commit(self, force_sync: bool = False) -> bool:
         """Write buffered records to the file; fsync if the last fsync is older

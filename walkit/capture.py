@@ -29,7 +29,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,6 +109,8 @@ class ChangeCapture:
         self.stats = CaptureStats()
         self._stop = threading.Event()
         self.writer: WALWriter | None = None
+        #: Called once the lock is held, the server checked and the WAL open.
+        self.on_ready: Callable[[ChangeCapture], None] | None = None
         self._pending: deque[tuple[int, Any]] = deque()  # (seq, wallTime) written, not yet fsynced
         self._pending_lock = threading.Lock()
 
@@ -139,10 +141,13 @@ class ChangeCapture:
                 fsync_interval=self.fsync_interval,
             )
             self.writer.on_durable = self._durable
-            self.writer.open()
-            client: pymongo.MongoClient = connect(self.uri, document_class=RawBSONDocument)
+            # Check the server before touching the WAL: a wrong URI leaves nothing behind.
+            client: pymongo.MongoClient = connect(self.uri, timeout_ms=5000, document_class=RawBSONDocument)
             try:
                 hello = require_replica_set(client, self.uri)
+                self.writer.open()
+                if self.on_ready is not None:
+                    self.on_ready(self)
                 self._loop(client, int(hello.get("maxWireVersion", 0)))
             finally:
                 self.writer.close()

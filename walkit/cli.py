@@ -99,7 +99,15 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
-    print(f"walkit capture: {capture.scope} from {redact(uri)} into {capture.home.wal_dir}; Ctrl-C stops", file=sys.stderr, flush=True)
+    def _ready(cap: ChangeCapture) -> None:
+        assert cap.writer is not None
+        print(
+            f"walkit capture: {cap.scope} from {redact(uri)} into {cap.home.wal_dir}, next seq {cap.writer.next_seq}; Ctrl-C stops",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    capture.on_ready = _ready
     stats = capture.run()
     span = f" (seq {stats.first_seq}..{stats.last_seq})" if stats.first_seq else ""
     print(f"walkit capture: stopped; {stats.events} events{span}, {stats.gaps} gaps, {stats.reconnects} reconnects; everything is on disk", file=sys.stderr)

@@ -147,10 +147,17 @@ class Segment:
         return self.path.name
 
     def open(self) -> IO[bytes]:
-        """The segment's uncompressed bytes as a stream."""
-        raw = self.path.open("rb")
+        """The segment's uncompressed bytes as a stream.
+
+        An open segment that the writer seals meanwhile is read from its
+        sealed copy (renamed into place before the open file is removed).
+        """
         if not self.sealed:
-            return raw
+            try:
+                return self.path.open("rb")
+            except FileNotFoundError:
+                self.path, self.sealed = self.path.with_name(self.path.name + ".zst"), True
+        raw = self.path.open("rb")
         import zstandard
 
         return zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)
@@ -278,7 +285,12 @@ def _time(rec: Record) -> datetime | None:
 
 def summarize(seg: Segment, report: Report) -> SegmentSummary:
     """Read one segment, checking its frames, header, seal and inner seq run."""
-    summary = SegmentSummary(seg.name, seg.sealed, seg.path.stat().st_size)
+    try:
+        size = seg.path.stat().st_size
+    except FileNotFoundError:  # sealed while we looked: read the sealed copy
+        seg.path, seg.sealed = seg.path.with_name(seg.path.name + ".zst"), True
+        size = seg.path.stat().st_size
+    summary = SegmentSummary(seg.name, seg.sealed, size)
     digest = hashlib.sha256()  # of every frame before the seal, as the writer hashed them
     last_seq: int | None = None
     try:

@@ -264,9 +264,9 @@ class ChangeCapture:
                 token = stream.resume_token
                 if token is not None and token != writer.last_token and time.monotonic() - last_checkpoint >= self.checkpoint_interval:
                     writer.checkpoint(token, None)
-                    writer.commit()
                     self.stats.checkpoints += 1
                     last_checkpoint = time.monotonic()
+                writer.commit(flush=True)  # idle: hand everything buffered to the file now
                 continue
             if writer.last_token is not None and event["_id"] == writer.last_token:
                 continue  # the resume point itself, delivered again

@@ -57,23 +57,63 @@ def frame(body: bytes) -> bytes:
     return FRAME.pack(len(body), zlib.crc32(body)) + body
 
 
-@dataclass
-class Record:
-    """One decoded record and where it lies."""
+_KIND_AT = b"\x02k\x00\x02\x00\x00\x00"  # the writer puts k (a one-letter string) first ...
+_SEQ_AT = b"\x12seq\x00"  # ... and an event's or gap's int64 seq right after it
+_I64, _I32 = struct.Struct("<q"), struct.Struct("<i")
 
-    kind: str
-    body: RawBSONDocument
-    file: str
-    offset: int
-    size: int
+
+class Record:
+    """One record and where it lies; decoded only as far as it is asked.
+
+    ``kind`` and ``seq`` are read at the fixed offsets where the writer puts
+    them (falling back to a full decode), so scanning a WAL for a seq range
+    does not decode the events it skips.
+    """
+
+    __slots__ = ("kind", "raw", "file", "offset", "size", "_body")
+
+    def __init__(self, kind: str, raw: bytes, file: str, offset: int, size: int) -> None:
+        self.kind, self.raw, self.file, self.offset, self.size = kind, raw, file, offset, size
+        self._body: RawBSONDocument | None = None
+
+    @property
+    def body(self) -> RawBSONDocument:
+        if self._body is None:
+            self._body = RawBSONDocument(self.raw, RAW)
+        return self._body
 
     @property
     def seq(self) -> int | None:
+        if self.raw[13:18] == _SEQ_AT:
+            return _I64.unpack_from(self.raw, 18)[0]
         value = self.body.get("seq")
         return int(value) if value is not None else None
 
     def get(self, key: str, default: Any = None) -> Any:
+        if key in ("ev", "tok") and self.kind == "e" and self._body is None:
+            found = self._slice(key)
+            if found is not None:
+                return RawBSONDocument(found, RAW)
         return self.body.get(key, default)
+
+    def _slice(self, key: str) -> bytes | None:
+        """An event record's ``tok`` or ``ev`` bytes, cut where the writer put them."""
+        raw = self.raw
+        if raw[26:30] != b"\x11ct\x00" or raw[38:42] != b"\x09wt\x00" or raw[50:55] != b"\x03tok\x00":
+            return None
+        tok_end = 55 + _I32.unpack_from(raw, 55)[0]
+        if key == "tok":
+            return raw[55:tok_end]
+        if raw[tok_end : tok_end + 4] != b"\x03ev\x00":
+            return None
+        start = tok_end + 4
+        return raw[start : start + _I32.unpack_from(raw, start)[0]]
+
+
+def _kind(body: bytes) -> str:
+    if body[4:11] == _KIND_AT and body[12] == 0:
+        return chr(body[11])
+    return RawBSONDocument(body, RAW)["k"]
 
 
 class FrameError(Exception):
@@ -126,11 +166,10 @@ def iter_frames(stream: IO[bytes], name: str, start: int = 0) -> Iterator[Record
         if zlib.crc32(body) != crc:
             raise FrameError(offset, "CRC mismatch (the record's bytes are not what was written)", torn=_torn(stream, head + body))
         try:
-            doc = RawBSONDocument(body, RAW)
-            kind = doc["k"]
-        except (bson.errors.InvalidBSON, KeyError) as exc:
+            kind = _kind(body)
+        except (bson.errors.InvalidBSON, KeyError, IndexError) as exc:
             raise FrameError(offset, f"record is not a walkit record: {exc}", torn=False) from None
-        yield Record(kind, doc, name, offset, FRAME.size + length)
+        yield Record(kind, body, name, offset, FRAME.size + length)
         offset += FRAME.size + length
 
 
@@ -306,7 +345,7 @@ def summarize(seg: Segment, report: Report) -> SegmentSummary:
                 if summary.seal_hash != digest.hexdigest():
                     report.problems.append(Problem(seg.name, rec.offset, "the seal's hash does not match the segment's records"))
                 continue
-            digest.update(frame(rec.body.raw))
+            digest.update(frame(rec.raw))
             if rec.kind not in DATA_KINDS:
                 continue
             seq = rec.seq

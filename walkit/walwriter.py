@@ -26,14 +26,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import struct
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import bson
+from bson.datetime_ms import DatetimeMS, _datetime_to_millis
 from bson.int64 import Int64
 from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
@@ -48,6 +50,8 @@ log = logging.getLogger("walkit.wal")
 DEFAULT_SEGMENT_BYTES = 16 * 1024 * 1024
 DEFAULT_SEGMENT_SECONDS = 3600.0
 DEFAULT_FSYNC_INTERVAL = 0.2
+WRITE_CHUNK = 64 * 1024  # while busy, write to the file in chunks of this size ...
+WRITE_PAUSE = 0.002  # ... or when the previous write is this old
 ADVICE = (
     "nothing was written. Run `walkit verify` to see every problem; move the damaged file, and every "
     "segment after it, out of the WAL folder (keep them) and restart capture, which resumes after the "
@@ -98,10 +102,12 @@ class WALWriter:
         self._digest = hashlib.sha256()
         self._size = 0
         self._created: datetime | None = None
+        self._rotate_at: datetime | None = None
         self._data_records = 0
         self._last_sync = time.monotonic()
         self.durable_seq = 0
         self._written_seq = 0
+        self._last_write = 0.0
         self._io = threading.RLock()
         self._closed = threading.Event()
         #: Called with the newest durable seq after every fsync (from any thread).
@@ -207,7 +213,7 @@ class WALWriter:
                 if rec.kind == "s":
                     sealed = True
                 else:
-                    self._digest.update(frame(rec.body.raw))
+                    self._digest.update(frame(rec.raw))
                 self._note(rec)
                 if rec.kind in ("e", "g"):
                     self._data_records += 1
@@ -227,6 +233,7 @@ class WALWriter:
             return
         self._index = seg.index
         self._created = header.get("created")
+        self._rotate_at = self._created + timedelta(seconds=self.segment_seconds) if isinstance(self._created, datetime) else None
         self._size = good
         self._fd = os.open(seg.path, os.O_WRONLY | os.O_APPEND)
         if sealed:  # crashed between the seal record and the zstd copy: finish it
@@ -238,6 +245,7 @@ class WALWriter:
         self._size = 0
         self._data_records = 0
         self._created = self.clock.now()
+        self._rotate_at = self._created + timedelta(seconds=self.segment_seconds)
         path = self.dir / segment_name(index, False)
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o644)
         _fsync_dir(self.dir)
@@ -257,7 +265,7 @@ class WALWriter:
         seq = self.next_seq
         ct, tok = event["clusterTime"], event["_id"]
         wt = event.get("wallTime") or self.clock.now()
-        self._add(bson.encode({"k": "e", "seq": Int64(seq), "ct": ct, "wt": wt, "tok": tok, "ev": event}))
+        self._add(_event_body(seq, ct, wt, tok, event))
         self.next_seq += 1
         self._data_records += 1
         self.last_token, self.last_ct = tok, ct
@@ -289,13 +297,20 @@ class WALWriter:
         self._add(bson.encode(body))
         self.last_token, self.last_ct, self.last_invalidate, self.last_gap = token, cluster_time, False, False
 
-    def commit(self, force_sync: bool = False) -> bool:
-        """Write buffered records to the file; fsync if the last fsync is older
+    def commit(self, force_sync: bool = False, flush: bool = False) -> bool:
+        """Hand buffered records to the file; fsync if the last fsync is older
         than ``fsync_interval`` (or if forced).  True when this call synced.
 
-        Records written but not synced here are synced by the background
-        syncer within ``fsync_interval`` (group commit).
+        While records arrive faster than every ``WRITE_PAUSE`` seconds they
+        are written in chunks of ``WRITE_CHUNK`` bytes; ``flush=True`` (the
+        caller is idle) writes at once.  Records written but not synced here
+        are synced by the background syncer within ``fsync_interval``.
         """
+        now = time.monotonic()
+        sync_due = force_sync or now - self._last_sync >= self.fsync_interval
+        busy = len(self._buffer) < WRITE_CHUNK and now - self._last_write < WRITE_PAUSE and not self._rotation_due()
+        if busy and not (sync_due or flush):
+            return False
         with self._io:
             if self._buffer:
                 assert self._fd is not None
@@ -305,8 +320,9 @@ class WALWriter:
                     written = os.write(self._fd, view)
                     view = view[written:]
                 self._written_seq = self.next_seq - 1
+            self._last_write = now
             synced = False
-            if force_sync or time.monotonic() - self._last_sync >= self.fsync_interval:
+            if sync_due:
                 synced = self._fsync()
             if self._rotation_due():
                 self._seal()
@@ -344,7 +360,7 @@ class WALWriter:
             return False
         if self._size >= self.segment_bytes:
             return True
-        return self._created is not None and (self.clock.now() - self._created).total_seconds() >= self.segment_seconds
+        return self._rotate_at is not None and self.clock.now() >= self._rotate_at
 
     def _seal(self) -> None:
         digest = self._digest.hexdigest()
@@ -365,7 +381,7 @@ class WALWriter:
         dst = self.dir / segment_name(self._index, True)
         tmp = dst.with_name(dst.name + ".tmp")
         with src.open("rb") as fin, tmp.open("wb") as fout:
-            zstandard.ZstdCompressor(level=3).copy_stream(fin, fout)
+            zstandard.ZstdCompressor(level=1, threads=-1).copy_stream(fin, fout)
             fout.flush()
             os.fsync(fout.fileno())
         os.replace(tmp, dst)
@@ -388,6 +404,32 @@ class WALWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_EVENT_KIND = b"\x02k\x00" + struct.pack("<i", 2) + b"e\x00"
+_I64, _TS, _I32 = struct.Struct("<q"), struct.Struct("<II"), struct.Struct("<i")
+
+
+def _raw_bytes(doc: Any) -> bytes:
+    return doc.raw if isinstance(doc, RawBSONDocument) else bson.encode(doc)
+
+
+def _event_body(seq: int, ct: Timestamp, wt: Any, tok: Any, event: RawBSONDocument) -> bytes:
+    """The BSON of ``{k: "e", seq, ct, wt, tok, ev}``, built from the raw parts.
+
+    The same bytes ``bson.encode`` gives for that document, without decoding
+    or re-encoding the event (the hot path of capture).
+    """
+    millis = int(wt) if isinstance(wt, DatetimeMS) else _datetime_to_millis(wt)
+    elements = b"".join((
+        _EVENT_KIND,
+        b"\x12seq\x00", _I64.pack(seq),
+        b"\x11ct\x00", _TS.pack(ct.inc, ct.time),
+        b"\x09wt\x00", _I64.pack(millis),
+        b"\x03tok\x00", _raw_bytes(tok),
+        b"\x03ev\x00", _raw_bytes(event),
+    ))
+    return _I32.pack(len(elements) + 5) + elements + b"\x00"
 
 
 def raw_event(doc: dict[str, Any]) -> RawBSONDocument:

@@ -18,11 +18,8 @@ back with ``read_records``:
 from __future__ import annotations
 
 import struct
-import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -38,9 +35,8 @@ from bson.datetime_ms import DatetimeMS
 from bson.json_util import CANONICAL_JSON_OPTIONS
 from bson.raw_bson import RawBSONDocument
 
-from walkit.capture import ChangeCapture
+from tests.helpers import capturing
 from walkit.events import ChangeEvent
-from walkit.home import Home
 from walkit.wal import Record, read_records, verify
 
 #: Decoding that keeps every type as it was inserted (dates outside datetime's range too).
@@ -49,34 +45,6 @@ WAIT = 20.0
 
 
 # -- helpers -------------------------------------------------------------------------
-
-
-@contextmanager
-def capturing(uri: str, home: Path, **scope: Any) -> Iterator[ChangeCapture]:
-    """ChangeCapture running in a thread; stopped (and its errors raised) on exit."""
-    cap = ChangeCapture(uri, Home(home), fsync_interval=0.05, **scope)
-    failures: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            cap.run()
-        except BaseException as exc:  # reported in the test's thread
-            failures.append(exc)
-
-    thread = threading.Thread(target=run, name="test-capture", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + WAIT
-    while cap.stats.checkpoints == 0 and not failures:  # the stream is open: writes from now on are seen
-        assert time.monotonic() < deadline, "capture did not open its change stream in time"
-        time.sleep(0.01)
-    try:
-        yield cap
-    finally:
-        cap.stop()
-        thread.join(WAIT)
-        assert not thread.is_alive(), "capture did not stop in time"
-        if failures:
-            raise failures[0]
 
 
 def wait_records(home: Path, count: int) -> list[Record]:

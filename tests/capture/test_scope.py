@@ -17,51 +17,20 @@ it reached the WAL every earlier write has been seen and kept or left out.
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pymongo
 import pytest
 
-from walkit.capture import ChangeCapture
-from walkit.home import Home
+from tests.helpers import capturing
 from walkit.wal import read_records, verify
 
 WAIT = 20.0
 Op = tuple[str, "str | None", "str | None", "str | None"]  # operationType, db, coll, rename target
-
-
-@contextmanager
-def capturing(uri: str, home: Path, **scope: Any) -> Iterator[ChangeCapture]:
-    """ChangeCapture running in a thread; stopped (and its errors raised) on exit."""
-    cap = ChangeCapture(uri, Home(home), fsync_interval=0.05, **scope)
-    failures: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            cap.run()
-        except BaseException as exc:
-            failures.append(exc)
-
-    thread = threading.Thread(target=run, name="test-capture", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + WAIT
-    while cap.stats.checkpoints == 0 and not failures:
-        assert time.monotonic() < deadline, "capture did not open its change stream in time"
-        time.sleep(0.01)
-    try:
-        yield cap
-    finally:
-        cap.stop()
-        thread.join(WAIT)
-        assert not thread.is_alive(), "capture did not stop in time"
-        if failures:
-            raise failures[0]
 
 
 def wal_ops(home: Path) -> list[Op]:

@@ -27,26 +27,13 @@ from pymongo.errors import OperationFailure
 from pymongo.mongo_client import MongoClient
 from pymongo.write_concern import WriteConcern
 
+from tests.helpers import take
+
 AWAIT_MS = 100
 PAD = "p" * 400  # keeps update deltas smaller than the document (no replace fallback)
 
 
 # -- helpers ---------------------------------------------------------------------------
-
-
-def take(stream: Any, n: int, timeout: float = 10.0) -> list[dict[str, Any]]:
-    """The next ``n`` events of ``stream`` (fails after ``timeout`` seconds)."""
-    out: list[dict[str, Any]] = []
-    deadline = time.monotonic() + timeout
-    while len(out) < n:
-        assert time.monotonic() < deadline, f"only {len(out)} of {n} events arrived: {[e['operationType'] for e in out]}"
-        ev = stream.try_next()
-        if ev is not None:
-            out.append(ev)
-        elif not stream.alive:
-            break
-    assert len(out) == n, f"stream closed after {len(out)} of {n} events"
-    return out
 
 
 def assert_quiet(stream: Any) -> None:

@@ -18,22 +18,9 @@ from pymongo.database import Database
 from pymongo.errors import OperationFailure
 from pymongo.mongo_client import MongoClient
 
+from tests.helpers import take
+
 AWAIT_MS = 100
-
-
-def take(stream: Any, n: int, timeout: float = 10.0) -> list[dict[str, Any]]:
-    """The next ``n`` events of ``stream`` (fails after ``timeout`` seconds)."""
-    out: list[dict[str, Any]] = []
-    deadline = time.monotonic() + timeout
-    while len(out) < n:
-        assert time.monotonic() < deadline, f"only {len(out)} of {n} events arrived"
-        ev = stream.try_next()
-        if ev is not None:
-            out.append(ev)
-        elif not stream.alive:
-            break
-    assert len(out) == n, f"stream closed after {len(out)} of {n} events"
-    return out
 
 
 def rest(stream: Any) -> list[dict[str, Any]]:

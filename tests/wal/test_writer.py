@@ -565,3 +565,21 @@ def test_list_segments_prefers_the_sealed_copy(tmp_path: Path) -> None:
     listing = list_segments(wal)
     assert [(s.index, s.sealed) for s in listing.segments] == [(1, True), (2, True), (3, False)]
     assert listing.strangers == []
+
+
+def test_a_reader_follows_a_segment_sealed_under_it(tmp_path: Path) -> None:
+    from walkit.wal import Report, Segment, list_segments, summarize
+
+    wal = tmp_path / "wal"
+    w = writer(wal, segment_bytes=10_000)
+    events = write_events(w, 1, 3, size=100)
+    listed = list_segments(wal).segments
+    assert [s.name for s in listed] == ["seg-00000001.wal"]
+    events += write_events(w, 4, 40, size=400)  # seals segment 1 (its .wal is removed)
+    assert not (wal / "seg-00000001.wal").exists()
+    first = [r.get("ev").raw for r in listed[0].records() if r.kind == "e"]
+    assert first and first == [e.raw for e in events[: len(first)]]
+    report = Report()
+    summary = summarize(Segment(1, wal / "seg-00000001.wal", False), report)  # as listed before sealing
+    assert summary.sealed and not report.problems
+    w.close()

@@ -1,0 +1,57 @@
+"""Helpers shared by several test files."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from walkit.capture import ChangeCapture
+from walkit.home import Home
+
+
+def take(stream: Any, n: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """The next ``n`` events of a change stream (fails after ``timeout`` seconds)."""
+    out: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while len(out) < n:
+        assert time.monotonic() < deadline, f"only {len(out)} of {n} events arrived: {[e['operationType'] for e in out]}"
+        ev = stream.try_next()
+        if ev is not None:
+            out.append(ev)
+        elif not stream.alive:
+            break
+    assert len(out) == n, f"stream closed after {len(out)} of {n} events"
+    return out
+
+
+@contextmanager
+def capturing(uri: str, home: Path, wait: float = 20.0, **options: Any) -> Iterator[ChangeCapture]:
+    """ChangeCapture running in a thread, its stream open; stopped (and its errors raised) on exit."""
+    options.setdefault("fsync_interval", 0.05)
+    cap = ChangeCapture(uri, Home(home), **options)
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            cap.run()
+        except BaseException as exc:  # reported in the test's thread
+            failures.append(exc)
+
+    thread = threading.Thread(target=run, name="test-capture", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + wait
+    while cap.stats.checkpoints == 0 and not failures:  # the stream is open: writes from now on are seen
+        assert time.monotonic() < deadline, "capture did not open its change stream in time"
+        time.sleep(0.01)
+    try:
+        yield cap
+    finally:
+        cap.stop()
+        thread.join(wait)
+        assert not thread.is_alive(), "capture did not stop in time"
+        if failures:
+            raise failures[0]

@@ -30,12 +30,12 @@ import struct
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import bson
-from bson.datetime_ms import DatetimeMS, _datetime_to_millis
+from bson.datetime_ms import DatetimeMS
 from bson.int64 import Int64
 from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
@@ -410,6 +410,18 @@ _EVENT_KIND = b"\x02k\x00" + struct.pack("<i", 2) + b"e\x00"
 _I64, _TS, _I32 = struct.Struct("<q"), struct.Struct("<II"), struct.Struct("<i")
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH_NAIVE = datetime(1970, 1, 1)
+_MS = timedelta(milliseconds=1)
+
+
+def _millis(dt: datetime) -> int:
+    """BSON datetime milliseconds, as bson computes them (naive means UTC)."""
+    if dt.tzinfo is None:
+        return (dt - _EPOCH_NAIVE) // _MS
+    return (dt - _EPOCH) // _MS
+
+
 def _raw_bytes(doc: Any) -> bytes:
     return doc.raw if isinstance(doc, RawBSONDocument) else bson.encode(doc)
 
@@ -420,7 +432,7 @@ def _event_body(seq: int, ct: Timestamp, wt: Any, tok: Any, event: RawBSONDocume
     The same bytes ``bson.encode`` gives for that document, without decoding
     or re-encoding the event (the hot path of capture).
     """
-    millis = int(wt) if isinstance(wt, DatetimeMS) else _datetime_to_millis(wt)
+    millis = int(wt) if isinstance(wt, DatetimeMS) else _millis(wt)
     elements = b"".join((
         _EVENT_KIND,
         b"\x12seq\x00", _I64.pack(seq),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from collections.abc import Iterator
@@ -55,3 +56,30 @@ def capturing(uri: str, home: Path, wait: float = 20.0, **options: Any) -> Itera
         assert not thread.is_alive(), "capture did not stop in time"
         if failures:
             raise failures[0]
+
+
+def apply_update_description(before: dict[str, Any], desc: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``before`` changed as an update event's updateDescription says, the way a replayer would."""
+    doc = copy.deepcopy(before)
+
+    def walk(path: str) -> tuple[Any, str | int]:
+        parts = path.split(".")
+        node: Any = doc
+        for part in parts[:-1]:
+            node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+        last = parts[-1]
+        return node, int(last) if isinstance(node, list) else last
+
+    for trunc in desc.get("truncatedArrays") or []:
+        node, key = walk(trunc["field"])
+        del node[key][trunc["newSize"] :]
+    for path in desc.get("removedFields") or []:
+        node, key = walk(path)
+        del node[key]
+    for path, value in (desc.get("updatedFields") or {}).items():
+        node, key = walk(path)
+        if isinstance(node, list) and key == len(node):
+            node.append(value)
+        else:
+            node[key] = value
+    return doc

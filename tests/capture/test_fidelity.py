@@ -35,7 +35,7 @@ from bson.datetime_ms import DatetimeMS
 from bson.json_util import CANONICAL_JSON_OPTIONS
 from bson.raw_bson import RawBSONDocument
 
-from tests.helpers import capturing
+from tests.helpers import apply_update_description, capturing
 from walkit.events import ChangeEvent
 from walkit.wal import Record, read_records, verify
 
@@ -71,32 +71,6 @@ def final_records(home: Path, count: int) -> list[Record]:
 
 def ev(rec: Record) -> RawBSONDocument:
     return rec.get("ev")
-
-
-def apply_update(doc: dict[str, Any], desc: dict[str, Any]) -> dict[str, Any]:
-    """``doc`` after an update event's updateDescription (dotted paths, absolute values)."""
-
-    def walk(path: str) -> tuple[Any, str | int]:
-        parts = path.split(".")
-        node: Any = doc
-        for part in parts[:-1]:
-            node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
-        last = parts[-1]
-        return node, int(last) if isinstance(node, list) else last
-
-    for trunc in desc.get("truncatedArrays") or []:
-        node, key = walk(trunc["field"])
-        del node[key][trunc["newSize"]:]
-    for path in desc.get("removedFields") or []:
-        node, key = walk(path)
-        del node[key]
-    for path, value in (desc.get("updatedFields") or {}).items():
-        node, key = walk(path)
-        if isinstance(node, list) and key == len(node):
-            node.append(value)
-        else:
-            node[key] = value
-    return doc
 
 
 def every_type() -> dict[str, Any]:
@@ -236,7 +210,7 @@ def test_updates_replace_and_delete_have_the_documented_shapes(mongo_uri: str, d
         desc = bson.decode(bytes(event["updateDescription"].raw), KEEP)
         assert set(desc) >= {"updatedFields", "removedFields"}
         assert not any(k.startswith("$") for k in desc["updatedFields"]), "values, not operators"
-        current = apply_update(current, desc)
+        current = apply_update_description(current, desc)
         assert current == after
     removed = bson.decode(bytes(ev(records[2])["updateDescription"].raw), KEEP)["removedFields"]
     assert sorted(removed) == ["gone", "meta.n"]

@@ -27,7 +27,7 @@ from pymongo.errors import OperationFailure
 from pymongo.mongo_client import MongoClient
 from pymongo.write_concern import WriteConcern
 
-from tests.helpers import take
+from tests.helpers import apply_update_description, take
 
 AWAIT_MS = 100
 PAD = "p" * 400  # keeps update deltas smaller than the document (no replace fallback)
@@ -44,35 +44,6 @@ def assert_quiet(stream: Any) -> None:
 
 def ops(events: list[dict[str, Any]]) -> list[str]:
     return [e["operationType"] for e in events]
-
-
-def apply_description(pre: dict[str, Any], desc: dict[str, Any]) -> dict[str, Any]:
-    """Apply an updateDescription to ``pre`` the way a replayer would."""
-    import copy
-
-    doc = copy.deepcopy(pre)
-
-    def walk(path: str) -> tuple[Any, str | int]:
-        parts = path.split(".")
-        node: Any = doc
-        for part in parts[:-1]:
-            node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
-        last = parts[-1]
-        return node, int(last) if isinstance(node, list) else last
-
-    for t in desc.get("truncatedArrays", []):
-        node, key = walk(t["field"])
-        del node[key][t["newSize"] :]
-    for path, value in desc["updatedFields"].items():
-        node, key = walk(path)
-        if isinstance(node, list) and isinstance(key, int) and key == len(node):
-            node.append(value)
-        else:
-            node[key] = value
-    for path in desc["removedFields"]:
-        node, key = walk(path)
-        del node[key]
-    return doc
 
 
 # -- event shapes --------------------------------------------------------------------------
@@ -143,7 +114,7 @@ def test_update_description_reproduces_the_post_image(db: Database, update: dict
     post = coll.find_one({"_id": "k"})
     assert ev["operationType"] == "update"
     assert set(ev["updateDescription"]) >= {"updatedFields", "removedFields", "truncatedArrays"}
-    assert apply_description(pre, ev["updateDescription"]) == post
+    assert apply_update_description(pre, ev["updateDescription"]) == post
 
 
 def test_replace_and_delete_event_shapes(db: Database) -> None:

@@ -216,8 +216,9 @@ def _upsert(eng: Engine, ctx: Ctx, coll: Any, query: dict[str, Any], update: Any
     else:
         result = coll.update_one(query, update, upsert=True, array_filters=array_filters)
     key = result.upserted_id
-    post = _id_first(coll.find_one({"_id": key}))
-    if next(iter(post)) == "_id" and list(coll.find_one({"_id": key})) != list(post):
+    stored = coll.find_one({"_id": key})
+    post = _id_first(stored)
+    if post is not stored:  # MongoDB stores an upserted document with _id first
         coll.replace_one({"_id": key}, post)
     try:
         _claim_or_wait(eng, ctx, coll.name, key)

@@ -23,6 +23,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import bson
+
 from .errors import CommandError
 from .oplog import Entry
 
@@ -58,8 +60,6 @@ def _lsid_key(lsid: Any) -> bytes:
 
 
 def doc_id(db: str, coll: str, key: Any) -> DocId:
-    import bson
-
     return (db, coll, bson.encode({"k": key}))
 
 

@@ -82,7 +82,6 @@ class Request:
     more_to_come: bool = False
     #: For OP_QUERY: the database from ``db.$cmd``.
     legacy_db: str | None = None
-    size: int = 0
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
@@ -124,7 +123,6 @@ def read_request(sock: socket.socket) -> Request:
         raise BadMessageError(request_id, op_code, f"invalid BSON in request: {exc}", 22, more_to_come) from exc
     except Exception as exc:  # ValueError, struct.error, IndexError, or a decoder surprise
         raise BadMessageError(request_id, op_code, f"malformed message: {type(exc).__name__}: {exc}", 22, more_to_come) from exc
-    req.size = length
     return req
 
 

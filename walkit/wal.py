@@ -2,7 +2,9 @@
 
 A WAL is a folder of segments ``seg-00000001.wal`` ... ; every segment but
 the last is sealed and compressed to ``seg-NNNNNNNN.wal.zst`` (one zstd frame
-of exactly the bytes the open segment had).  A segment is a run of frames::
+of exactly the bytes the open segment had); a sealed segment may stay a
+``.wal`` (ending with its seal record) until the writer's background
+compression renames the copy in.  A segment is a run of frames::
 
     frame = u32 length | u32 crc32(body) | body          (little-endian)
     body  = one BSON document, "k" saying which record it is:
@@ -26,7 +28,6 @@ MongoDB sent.
 from __future__ import annotations
 
 import hashlib
-import io
 import re
 import struct
 import zlib
@@ -46,6 +47,8 @@ MAX_RECORD = 64 * 1024 * 1024
 SEGMENT_RE = re.compile(r"^seg-(\d{8})\.wal(\.zst)?$")
 #: How records are decoded: nested documents stay raw, so events keep their bytes.
 RAW = CodecOptions(document_class=RawBSONDocument, tz_aware=True, datetime_conversion=DatetimeConversion.DATETIME_AUTO)
+#: How an event is decoded for looking at it: plain dicts all the way down.
+PLAIN = CodecOptions(tz_aware=True, datetime_conversion=DatetimeConversion.DATETIME_AUTO)
 DATA_KINDS = ("e", "g")
 
 
@@ -95,6 +98,12 @@ class Record:
             if found is not None:
                 return RawBSONDocument(found, RAW)
         return self.body.get(key, default)
+
+    def event(self) -> dict[str, Any]:
+        """An event record's event as plain dicts (one C-speed decode); its exact
+        bytes stay available as ``get("ev").raw``."""
+        found = self._slice("ev") if self.kind == "e" else None
+        return bson.decode(found if found is not None else self.body["ev"].raw, PLAIN)
 
     def _slice(self, key: str) -> bytes | None:
         """An event record's ``tok`` or ``ev`` bytes, cut where the writer put them."""
@@ -148,29 +157,47 @@ def _torn(stream: IO[bytes], consumed: bytes) -> bool:
     return not _frame_follows(rest)
 
 
+READ_CHUNK = 1 << 20
+
+
 def iter_frames(stream: IO[bytes], name: str, start: int = 0) -> Iterator[Record]:
-    """Records from a stream of frames; FrameError at the first bad one."""
+    """Records from a stream of frames (read in chunks of ``READ_CHUNK``); FrameError at the first bad one."""
     offset = start
+    buf, pos = b"", 0
+    unpack, crc32, head = FRAME.unpack_from, zlib.crc32, FRAME.size
     while True:
-        head = stream.read(FRAME.size)
-        if not head:
-            return
-        if len(head) < FRAME.size:
-            raise FrameError(offset, f"frame header cut off after {len(head)} of {FRAME.size} bytes", torn=True)
-        length, crc = FRAME.unpack(head)
+        if len(buf) - pos < head:
+            buf, pos = buf[pos:], 0
+            while len(buf) < head and (more := stream.read(READ_CHUNK)):
+                buf += more  # at most a frame header's worth of joining
+            if not buf:
+                return
+            if len(buf) < head:
+                raise FrameError(offset, f"frame header cut off after {len(buf)} of {head} bytes", torn=True)
+        length, crc = unpack(buf, pos)
         if length < 5 or length > MAX_RECORD:
-            raise FrameError(offset, f"impossible record length {length}", torn=_torn(stream, head))
-        body = stream.read(length)
-        if len(body) < length:
-            raise FrameError(offset, f"record cut off: {len(body)} of {length} bytes", torn=_torn(stream, head + body))
-        if zlib.crc32(body) != crc:
-            raise FrameError(offset, "CRC mismatch (the record's bytes are not what was written)", torn=_torn(stream, head + body))
+            raise FrameError(offset, f"impossible record length {length}", torn=_torn(stream, buf[pos:]))
+        end = pos + head + length
+        if end > len(buf):
+            parts, have, end = [buf[pos:]], len(buf) - pos, end - pos
+            while have < end:
+                more = stream.read(max(READ_CHUNK, end - have))
+                if not more:
+                    got = b"".join(parts)
+                    raise FrameError(offset, f"record cut off: {have - head} of {length} bytes", torn=_torn(stream, got))
+                parts.append(more)
+                have += len(more)
+            buf, pos = b"".join(parts), 0
+        body = buf[pos + head : end]
+        if crc32(body) != crc:
+            raise FrameError(offset, "CRC mismatch (the record's bytes are not what was written)", torn=_torn(stream, buf[pos:]))
         try:
             kind = _kind(body)
         except (bson.errors.InvalidBSON, KeyError, IndexError) as exc:
             raise FrameError(offset, f"record is not a walkit record: {exc}", torn=False) from None
-        yield Record(kind, body, name, offset, FRAME.size + length)
-        offset += FRAME.size + length
+        yield Record(kind, body, name, offset, head + length)
+        offset += head + length
+        pos = end
 
 
 @dataclass
@@ -203,7 +230,7 @@ class Segment:
 
     def records(self) -> Iterator[Record]:
         with self.open() as stream:
-            yield from iter_frames(io.BufferedReader(stream, 1 << 20) if self.sealed else stream, self.name)
+            yield from iter_frames(stream, self.name)
 
 
 @dataclass
@@ -240,7 +267,8 @@ def read_records(wal_dir: Path, from_seq: int | None = None, to_seq: int | None 
     """
     from .errors import WALCorruptError
 
-    for seg in list_segments(wal_dir).segments:
+    segments = list_segments(wal_dir).segments
+    for seg in segments:
         try:
             for rec in seg.records():
                 if rec.kind not in kinds:
@@ -253,7 +281,7 @@ def read_records(wal_dir: Path, from_seq: int | None = None, to_seq: int | None 
                         return
                 yield rec
         except FrameError as exc:
-            if exc.torn and not seg.sealed:
+            if exc.torn and not seg.sealed and seg is segments[-1]:
                 return  # the writer's unfinished tail: not yet part of the WAL
             raise WALCorruptError(seg.name, exc.offset, exc.reason, "run `walkit verify` for the whole picture") from None
 
@@ -383,6 +411,10 @@ def verify(wal_dir: Path) -> Report:
     for position, seg in enumerate(listing.segments):
         known = len(report.problems)
         summary = summarize(seg, report)
+        last = position == len(listing.segments) - 1
+        if not last and report.torn_tail is not None and report.torn_tail.file == seg.name:
+            report.problems.append(report.torn_tail)  # only the newest segment can have an unfinished write
+            report.torn_tail = None
         damaged = len(report.problems) > known
         report.segments.append(summary)
         header = summary.header
@@ -390,7 +422,7 @@ def verify(wal_dir: Path) -> Report:
             report.problems.append(Problem(seg.name, None, f"segment {previous[0].index + 1:08d} is missing before it"))
         if seg.sealed and summary.seal_hash is None:
             report.problems.append(Problem(seg.name, None, "a sealed segment without a seal record (cut short?)"))
-        if not seg.sealed and position != len(listing.segments) - 1:
+        if not seg.sealed and not last and summary.seal_hash is None and not damaged:
             report.problems.append(Problem(seg.name, None, "an unsealed segment is followed by others"))
         if header:
             if header.get("segment") != seg.index:

@@ -1,9 +1,10 @@
 """Appending to the write-ahead log: framing, group commit, rotation, recovery.
 
 One :class:`WALWriter` per home (the caller holds the home's lock).  Records
-are buffered and written by :meth:`WALWriter.commit`, which also ``fsync``s
-when the last fsync is older than ``fsync_interval`` (group commit); a record
-is durable once a commit has synced it.  What a crash can lose:
+are buffered and written by :meth:`WALWriter.commit`; a syncer thread
+``fsync``s written records within ``fsync_interval``, or as soon as
+``SYNC_BYTES`` are unsynced (group commit), and ``on_durable`` reports the
+newest durable seq.  What a crash can lose:
 
 - ``kill -9`` of the writer: only records not yet committed, which the
   change stream delivers again on restart (the WAL resumes from its own last
@@ -17,8 +18,12 @@ record that hold no complete record) is truncated with a warning; damage
 anywhere else raises WALCorruptError and nothing is written (open reads and
 checks the whole WAL, so it takes time in proportion to the WAL kept locally).
 A segment is sealed when it reaches ``segment_bytes`` or ``segment_seconds``:
-a seal record with the hash of everything before it, then a zstd copy made
-under a temporary name and renamed into place.
+a seal record with the hash of everything before it; the next segment begins
+at once and a background thread replaces the sealed file by a zstd copy
+(made under a temporary name and renamed into place).  ``close`` waits for
+that; a crash leaves the sealed ``.wal``, which the next ``open`` compresses.
+Memory: the open segment's bytes (up to ``COMPRESS_WHOLE``), so sealing need
+not read the file back, plus one segment being compressed.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import os
 import struct
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -43,7 +49,7 @@ from bson.timestamp import Timestamp
 from . import __version__
 from .clock import Clock, SystemClock
 from .errors import WALCorruptError
-from .wal import FORMAT, RAW, FrameError, Segment, frame, list_segments, segment_name, verify
+from .wal import FORMAT, FRAME, RAW, FrameError, Segment, frame, list_segments, segment_name, verify
 
 log = logging.getLogger("walkit.wal")
 
@@ -52,6 +58,8 @@ DEFAULT_SEGMENT_SECONDS = 3600.0
 DEFAULT_FSYNC_INTERVAL = 0.2
 WRITE_CHUNK = 64 * 1024  # while busy, write to the file in chunks of this size ...
 WRITE_PAUSE = 0.002  # ... or when the previous write is this old
+COMPRESS_WHOLE = 64 * 1024 * 1024  # sealed segments up to this size are compressed in memory, in one call
+SYNC_BYTES = 4 * 1024 * 1024  # the syncer fsyncs early once this much is written and not synced
 ADVICE = (
     "nothing was written. Run `walkit verify` to see every problem; move the damaged file, and every "
     "segment after it, out of the WAL folder (keep them) and restart capture, which resumes after the "
@@ -69,6 +77,50 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+#: Background compressions by WAL folder, so that a writer opened on a folder (in this
+#: process) never races one still compressing a segment of it.
+_COMPRESSING: dict[Path, threading.Thread] = {}
+_COMPRESSING_LOCK = threading.Lock()
+
+
+def _wait_for_compression(wal_dir: Path) -> None:
+    with _COMPRESSING_LOCK:
+        thread = _COMPRESSING.get(wal_dir.resolve())
+    if thread is not None and thread is not threading.current_thread():
+        thread.join()
+
+
+def compress_segment(wal_dir: Path, index: int, whole: bytes | bytearray | None = None) -> None:
+    """Replace the sealed ``seg-N.wal`` by ``seg-N.wal.zst`` (one zstd frame of the same bytes).
+
+    ``whole``: the segment's bytes as the writer wrote them, which saves
+    reading the file back (ignored unless its length is the file's).
+    Crash-safe at every step: the copy is written under a temporary name,
+    synced and renamed in before the original is removed; until then readers
+    and the writer use the original.
+    """
+    import zstandard
+
+    src = wal_dir / segment_name(index, False)
+    dst = wal_dir / segment_name(index, True)
+    tmp = dst.with_name(dst.name + ".tmp")
+    cctx = zstandard.ZstdCompressor(level=1)
+    size = src.stat().st_size
+    with tmp.open("wb") as fout:
+        if whole is not None and len(whole) == size:  # in one call, during which the GIL is released
+            fout.write(cctx.compress(whole))
+        elif size <= COMPRESS_WHOLE:
+            fout.write(cctx.compress(src.read_bytes()))
+        else:
+            with src.open("rb") as fin:
+                cctx.copy_stream(fin, fout, read_size=1 << 20, write_size=1 << 20)
+        fout.flush()
+        os.fsync(fout.fileno())
+    os.replace(tmp, dst)
+    _fsync_dir(wal_dir)
+    src.unlink()  # not synced: if it comes back after a power cut, the next open removes it
 
 
 class WALWriter:
@@ -96,7 +148,11 @@ class WALWriter:
         self.last_ct: Timestamp | None = None
         self.last_invalidate = False
         self.last_gap = False
-        self._buffer = bytearray()
+        #: The open segment's bytes from file offset ``_seg_start``; ``_seg[:_flushed]`` is written.
+        #: Kept whole (up to COMPRESS_WHOLE) so that sealing compresses it without reading the file back.
+        self._seg = bytearray()
+        self._seg_start = 0
+        self._flushed = 0
         self._fd: int | None = None
         self._index = 0
         self._digest = hashlib.sha256()
@@ -108,8 +164,11 @@ class WALWriter:
         self.durable_seq = 0
         self._written_seq = 0
         self._last_write = 0.0
+        self._syncing = False
         self._io = threading.RLock()
         self._closed = threading.Event()
+        self._wake = threading.Event()
+        self._unsynced = 0  # bytes written since the last fsync began
         #: Called with the newest durable seq after every fsync (from any thread).
         self.on_durable: Callable[[int], None] = lambda seq: None
 
@@ -119,6 +178,7 @@ class WALWriter:
         seal, truncate a torn tail, and get ready to append.  On damage, WALCorruptError
         and no file is changed."""
         self.dir.mkdir(parents=True, exist_ok=True)
+        _wait_for_compression(self.dir)
         listing = list_segments(self.dir)
         if listing.strangers:
             raise WALCorruptError(listing.strangers[0].name, 0, "this file does not belong in the WAL folder", "move it elsewhere and start again; nothing was written")
@@ -137,10 +197,11 @@ class WALWriter:
         for seg in segments:
             if seg.sealed and seg.path.with_suffix("").exists():
                 seg.path.with_suffix("").unlink()  # the zstd copy was renamed in: the open file is redundant
+            elif not seg.sealed and seg is not segments[-1]:  # sealed (verify checked), compression cut short
+                compress_segment(self.dir, seg.index)
+                seg.path, seg.sealed = self.dir / segment_name(seg.index, True), True
         sealed = [s for s in segments if s.sealed]
         opened = [s for s in segments if not s.sealed]
-        if len(opened) > 1 or (opened and sealed and opened[0].index < sealed[-1].index):
-            raise WALCorruptError(opened[0].name, 0, "an unsealed segment is followed by others", ADVICE)
         if sealed:
             self._find_token(sealed[:-1])
             prev_hash, first_seq = self._read_sealed_tail(sealed[-1])
@@ -150,6 +211,7 @@ class WALWriter:
             self._start_segment((sealed[-1].index + 1) if sealed else 1, prev_hash, first_seq)
         self._written_seq = self.durable_seq = self.next_seq - 1
         if self.fsync_interval > 0:
+            self._syncing = True
             threading.Thread(target=self._syncer, name="walkit-wal-syncer", daemon=True).start()
         return self
 
@@ -199,6 +261,7 @@ class WALWriter:
             self.last_gap = True
 
     def _recover_open(self, seg: Segment, prev_hash: str, first_seq: int) -> None:
+        digest = hashlib.sha256()
         good = 0
         header = None
         sealed = False
@@ -213,7 +276,7 @@ class WALWriter:
                 if rec.kind == "s":
                     sealed = True
                 else:
-                    self._digest.update(frame(rec.raw))
+                    digest.update(frame(rec.raw))
                 self._note(rec)
                 if rec.kind in ("e", "g"):
                     self._data_records += 1
@@ -228,20 +291,23 @@ class WALWriter:
             good = exc.offset
         if header is None:  # empty, or only a torn header: begin the segment afresh
             seg.path.unlink()
-            self._digest = hashlib.sha256()
             self._start_segment(seg.index, prev_hash, first_seq)
             return
         self._index = seg.index
+        self._seg, self._seg_start, self._flushed = bytearray(), good, 0  # begun by an earlier run
         self._created = header.get("created")
         self._rotate_at = self._created + timedelta(seconds=self.segment_seconds) if isinstance(self._created, datetime) else None
         self._size = good
         self._fd = os.open(seg.path, os.O_WRONLY | os.O_APPEND)
-        if sealed:  # crashed between the seal record and the zstd copy: finish it
-            self._compress_and_start_next(self._digest.hexdigest())
+        if sealed:  # crashed between the seal record and the next segment: finish it
+            self._start_next(digest.hexdigest())
+        else:
+            self._digest = digest
 
     def _start_segment(self, index: int, prev_hash: str, first_seq: int) -> None:
         self._index = index
         self._digest = hashlib.sha256()
+        self._seg, self._seg_start, self._flushed = bytearray(), 0, 0
         self._size = 0
         self._data_records = 0
         self._created = self.clock.now()
@@ -251,21 +317,19 @@ class WALWriter:
         _fsync_dir(self.dir)
         header = {"k": "h", "segment": index, "first_seq": Int64(first_seq), "prev": prev_hash, "created": self._created, "format": FORMAT, "walkit": __version__}
         self._add(bson.encode(header))
-        self.sync()
+        self.commit(flush=True)  # synced with the first records: a crash before that leaves an empty segment, begun afresh
 
     # -- appending ---------------------------------------------------------------------
     def _add(self, body: bytes) -> None:
-        data = frame(body)
-        self._buffer += data
-        self._digest.update(data)
-        self._size += len(data)
+        self._seg += FRAME.pack(len(body), zlib.crc32(body))
+        self._seg += body
+        self._size += FRAME.size + len(body)
 
     def append_event(self, event: RawBSONDocument) -> int:
         """Buffer one change event (raw, as the server sent it); returns its seq."""
         seq = self.next_seq
-        ct, tok = event["clusterTime"], event["_id"]
-        wt = event.get("wallTime") or self.clock.now()
-        self._add(_event_body(seq, ct, wt, tok, event))
+        ct, tok, wt = event["clusterTime"], event["_id"], event.get("wallTime")
+        self._add(_event_body(seq, ct, wt if wt is not None else self.clock.now(), tok, event))
         self.next_seq += 1
         self._data_records += 1
         self.last_token, self.last_ct = tok, ct
@@ -307,19 +371,18 @@ class WALWriter:
         are synced by the background syncer within ``fsync_interval``.
         """
         now = time.monotonic()
-        sync_due = force_sync or now - self._last_sync >= self.fsync_interval
-        busy = len(self._buffer) < WRITE_CHUNK and now - self._last_write < WRITE_PAUSE and not self._rotation_due()
+        # the syncer thread fsyncs within fsync_interval; inline only when forced, without a
+        # syncer, or when the syncer has fallen far behind
+        sync_due = force_sync or now - self._last_sync >= (2 * self.fsync_interval if self._syncing else self.fsync_interval)
+        busy = len(self._seg) - self._flushed < WRITE_CHUNK and now - self._last_write < WRITE_PAUSE and not self._rotation_due()
         if busy and not (sync_due or flush):
             return False
         with self._io:
-            if self._buffer:
-                assert self._fd is not None
-                data, self._buffer = bytes(self._buffer), bytearray()
-                view = memoryview(data)
-                while view:
-                    written = os.write(self._fd, view)
-                    view = view[written:]
+            if len(self._seg) > self._flushed:
+                self._digest.update(self._write_pending())  # the seal's hash: of exactly the bytes written
                 self._written_seq = self.next_seq - 1
+                if self._unsynced >= SYNC_BYTES:
+                    self._wake.set()  # the syncer flushes it now, so a seal's fsync has little left to do
             self._last_write = now
             synced = False
             if sync_due:
@@ -331,6 +394,20 @@ class WALWriter:
             self.on_durable(self.durable_seq)
         return synced
 
+    def _write_pending(self) -> bytes:
+        """Write the records not yet written; returns their bytes."""
+        assert self._fd is not None
+        data = bytes(self._seg[self._flushed :])
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+        self._flushed = len(self._seg)
+        self._unsynced += len(data)
+        if self._seg_start or self._flushed > COMPRESS_WHOLE:  # not kept whole: keep only what is unwritten
+            self._seg_start += self._flushed
+            self._seg, self._flushed = bytearray(), 0
+        return data
+
     def sync(self) -> None:
         """Write and fsync everything now."""
         self.commit(force_sync=True)
@@ -338,19 +415,32 @@ class WALWriter:
     def _fsync(self) -> bool:
         assert self._fd is not None
         os.fsync(self._fd)
+        self._unsynced = 0
         self._last_sync = time.monotonic()
-        self.durable_seq = self._written_seq
+        self.durable_seq = max(self.durable_seq, self._written_seq)
         return True
 
     def _syncer(self) -> None:
-        """Trailing-edge group commit: fsync written records within fsync_interval."""
-        while not self._closed.wait(self.fsync_interval / 2):
+        """Group commit: fsync written records within fsync_interval.  The fsync runs on
+        a duplicate descriptor outside the lock, so appending goes on meanwhile."""
+        while True:
+            self._wake.wait(self.fsync_interval / 2)
+            self._wake.clear()
+            if self._closed.is_set():
+                return
             with self._io:
                 if self._fd is None or self.durable_seq >= self._written_seq:
                     continue
-                if time.monotonic() - self._last_sync < self.fsync_interval / 2:
+                if self._unsynced < SYNC_BYTES and time.monotonic() - self._last_sync < self.fsync_interval / 2:
                     continue
-                self._fsync()
+                fd, target, self._unsynced = os.dup(self._fd), self._written_seq, 0
+            try:
+                os.fsync(fd)  # covers everything written before it began
+            finally:
+                os.close(fd)
+            with self._io:
+                self._last_sync = time.monotonic()
+                self.durable_seq = max(self.durable_seq, target)
                 durable = self.durable_seq
             self.on_durable(durable)
 
@@ -365,39 +455,46 @@ class WALWriter:
     def _seal(self) -> None:
         digest = self._digest.hexdigest()
         seal = {"k": "s", "segment": self._index, "last_seq": Int64(self.next_seq - 1), "records": self._data_records, "sha256": digest, "sealed": self.clock.now()}
-        data = frame(bson.encode(seal))
-        assert self._fd is not None
-        os.write(self._fd, data)
+        self._seg += frame(bson.encode(seal))
+        self._write_pending()
         self._fsync()
-        self._compress_and_start_next(digest)
+        self._start_next(digest)
 
-    def _compress_and_start_next(self, digest: str) -> None:
-        import zstandard
-
+    def _start_next(self, digest: str) -> None:
+        """Close the sealed segment, begin the next one, and compress the sealed one
+        in the background (one compression at a time per folder)."""
         assert self._fd is not None
         os.close(self._fd)
         self._fd = None
-        src = self.dir / segment_name(self._index, False)
-        dst = self.dir / segment_name(self._index, True)
-        tmp = dst.with_name(dst.name + ".tmp")
-        with src.open("rb") as fin, tmp.open("wb") as fout:
-            zstandard.ZstdCompressor(level=1, threads=-1).copy_stream(fin, fout)
-            fout.flush()
-            os.fsync(fout.fileno())
-        os.replace(tmp, dst)
-        _fsync_dir(self.dir)
-        src.unlink()
-        _fsync_dir(self.dir)
-        self._start_segment(self._index + 1, digest, self.next_seq)
+        sealed, whole = self._index, (self._seg if self._seg_start == 0 else None)
+        self._start_segment(sealed + 1, digest, self.next_seq)
+        _wait_for_compression(self.dir)
+        thread = threading.Thread(target=self._compress_quietly, args=(sealed, whole), name=f"walkit-wal-seal-{sealed}", daemon=True)
+        with _COMPRESSING_LOCK:
+            _COMPRESSING[self.dir.resolve()] = thread
+        thread.start()
+
+    def _compress_quietly(self, index: int, whole: bytearray | None) -> None:
+        try:
+            compress_segment(self.dir, index, whole)
+        except Exception as exc:  # the sealed .wal stays; the next open compresses it
+            self.warn(f"{segment_name(index, False)}: sealed but not compressed ({exc}); the next start compresses it")
+
+    def wait_for_seal(self) -> None:
+        """Wait until the segments sealed so far are compressed (background work)."""
+        _wait_for_compression(self.dir)
 
     def close(self) -> None:
-        """Write and fsync everything; the open segment stays open for the next run."""
+        """Write and fsync everything and finish compressing sealed segments;
+        the open segment stays open for the next run."""
         self._closed.set()
+        self._wake.set()
         if self._fd is not None:
             self.sync()
             with self._io:
                 os.close(self._fd)
                 self._fd = None
+        self.wait_for_seal()
 
     def __enter__(self) -> WALWriter:
         return self.open() if self._fd is None else self
@@ -410,6 +507,9 @@ _EVENT_KIND = b"\x02k\x00" + struct.pack("<i", 2) + b"e\x00"
 _I64, _TS, _I32 = struct.Struct("<q"), struct.Struct("<II"), struct.Struct("<i")
 
 
+#: An event record up to its ``tok`` value: size, k, seq, ct, wt and the tok element's name.
+_EVENT_HEAD = struct.Struct("<i14sq4sII4sq5s")
+_SEQ_NAME, _CT_NAME, _WT_NAME, _TOK_NAME = _EVENT_KIND + b"\x12seq\x00", b"\x11ct\x00", b"\x09wt\x00", b"\x03tok\x00"
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _EPOCH_NAIVE = datetime(1970, 1, 1)
 _MS = timedelta(milliseconds=1)
@@ -433,15 +533,10 @@ def _event_body(seq: int, ct: Timestamp, wt: Any, tok: Any, event: RawBSONDocume
     or re-encoding the event (the hot path of capture).
     """
     millis = int(wt) if isinstance(wt, DatetimeMS) else _millis(wt)
-    elements = b"".join((
-        _EVENT_KIND,
-        b"\x12seq\x00", _I64.pack(seq),
-        b"\x11ct\x00", _TS.pack(ct.inc, ct.time),
-        b"\x09wt\x00", _I64.pack(millis),
-        b"\x03tok\x00", _raw_bytes(tok),
-        b"\x03ev\x00", _raw_bytes(event),
-    ))
-    return _I32.pack(len(elements) + 5) + elements + b"\x00"
+    tok_raw = tok.raw if type(tok) is RawBSONDocument else _raw_bytes(tok)
+    ev_raw = event.raw if type(event) is RawBSONDocument else _raw_bytes(event)
+    head = _EVENT_HEAD.pack(60 + len(tok_raw) + len(ev_raw), _SEQ_NAME, seq, _CT_NAME, ct.inc, ct.time, _WT_NAME, millis, _TOK_NAME)
+    return b"".join((head, tok_raw, b"\x03ev\x00", ev_raw, b"\x00"))
 
 
 def raw_event(doc: dict[str, Any]) -> RawBSONDocument:

@@ -34,7 +34,7 @@ def build(home: Path) -> Path:
     wal = home / "wal"
     w = writer(wal, segment_bytes=900)
     count = 0
-    while not (wal / zst(4)).exists():
+    while not (wal / OPEN).exists():  # segment 4 is sealed (and compressed by close)
         count += len(write_events(w, count + 1, 1, size=150))
     w.close()
     w = writer(wal, segment_bytes=1 << 20)
@@ -153,11 +153,39 @@ def stranger(wal: Path) -> tuple[str, int | None, str]:
 
 
 def two_open(wal: Path) -> tuple[str, int | None, str]:
-    """The last sealed segment decompressed back to an open one: an unsealed segment followed by others."""
+    """The last sealed segment decompressed and its seal record cut off: an unsealed segment followed by others."""
     path = wal / zst(4)
-    (wal / "seg-00000004.wal").write_bytes(segment_bytes(path))
+    plain = segment_bytes(path)
+    seal = list(iter_frames(io.BytesIO(plain), path.name))[-1]
+    assert seal.kind == "s"
+    (wal / "seg-00000004.wal").write_bytes(plain[: seal.offset])
     path.unlink()
     return "seg-00000004.wal", None, "seg-00000004.wal"
+
+
+def _awaiting_compression(wal: Path, index: int) -> Path:
+    """Segment ``index`` as a crash during background compression leaves it: sealed, still a .wal."""
+    path = wal / zst(index)
+    plain = wal / f"seg-{index:08d}.wal"
+    plain.write_bytes(segment_bytes(path))
+    path.unlink()
+    return plain
+
+
+def pending_flip(wal: Path) -> tuple[str, int | None, str]:
+    """A flipped byte in a sealed segment still awaiting compression."""
+    path = _awaiting_compression(wal, 3)
+    rec = [r for r in all_records(path) if r.kind == "e"][1]
+    path.write_bytes(flip(path.read_bytes(), rec.offset + FRAME.size + 30))
+    return path.name, rec.offset, path.name
+
+
+def pending_cut(wal: Path) -> tuple[str, int | None, str]:
+    """A segment awaiting compression cut mid-record: damage, never a torn tail, since others follow it."""
+    path = _awaiting_compression(wal, 4)
+    rec = [r for r in all_records(path) if r.kind == "e"][1]
+    path.write_bytes(path.read_bytes()[: rec.offset + 10])
+    return path.name, rec.offset, path.name
 
 
 DAMAGES: dict[str, Damage] = {
@@ -174,6 +202,8 @@ DAMAGES: dict[str, Damage] = {
     "sealed-segments-swapped": swapped,
     "garbage-file": stranger,
     "unsealed-segment-followed-by-others": two_open,
+    "awaiting-compression-flipped-byte": pending_flip,
+    "awaiting-compression-cut-short": pending_cut,
 }
 
 

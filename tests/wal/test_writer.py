@@ -200,17 +200,20 @@ def test_time_based_rotation(tmp_path: Path) -> None:
     assert not list(wal.glob("*.zst")), "rotated before segment_seconds"
     clock.advance(1)
     write_events(w, 5, 1)
+    w.wait_for_seal()
     assert names(wal) == ["seg-00000001.wal.zst", "seg-00000002.wal"]
     clock.advance(3600)
     w.commit()  # an empty segment is never sealed, however old
     assert names(wal) == ["seg-00000001.wal.zst", "seg-00000002.wal"]
     write_events(w, 6, 2)  # segment 2 is an hour old: sealed with event 6; event 7 opens segment 3
+    w.wait_for_seal()
     assert names(wal) == ["seg-00000001.wal.zst", "seg-00000002.wal.zst", "seg-00000003.wal"]
     w.close()
     clock.advance(61)
     # a reopened writer measures the segment's age from its header, not from the reopening
     w2 = writer(wal, clock=clock, segment_seconds=60)
     write_events(w2, 8, 1)
+    w2.wait_for_seal()
     assert names(wal)[-2:] == ["seg-00000003.wal.zst", "seg-00000004.wal"]
     w2.close()
     assert [len([r for r in all_records(wal / n) if r.kind == "e"]) for n in names(wal)] == [5, 1, 2, 0]
@@ -412,7 +415,7 @@ def _sealing_crash(wal: Path) -> tuple[Path, bytes, list[bytes]]:
     """A WAL whose segment 2 has just been sealed: returns seg 2's open name, its bytes and the events."""
     w = writer(wal, segment_bytes=900)
     events: list[RawBSONDocument] = []
-    while not (wal / "seg-00000002.wal.zst").exists():
+    while not (wal / "seg-00000003.wal").exists():  # segment 2 sealed; close() waits for its zstd copy
         events += write_events(w, len(events) + 1, 1, size=100)
     w.close()
     assert names(wal) == ["seg-00000001.wal.zst", "seg-00000002.wal.zst", "seg-00000003.wal"]

@@ -16,8 +16,10 @@ from .compat import BackgroundCapture, create_wal_writer
 from .errors import (
     ConfigError,
     NotAReplicaSetError,
+    RestoreError,
     SandboxError,
     ServerError,
+    SnapshotError,
     WALCorruptError,
     WALError,
     WalkitError,
@@ -26,6 +28,9 @@ from .errors import (
 from .events import ChangeEvent
 from .home import Home
 from .mongo import connect, describe_error, require_replica_set
+from .plan import RestorePlan, Target, plan_restore
+from .restore import RestoreResult, restore, state_at
+from .snapshot import SnapshotInfo, list_snapshots, take_snapshot
 from .wal import Report, read_records, verify
 from .walwriter import WALWriter
 
@@ -43,6 +48,8 @@ __all__ = [
     "WALError",
     "WALLockedError",
     "WALCorruptError",
+    "SnapshotError",
+    "RestoreError",
     "Home",
     "ChangeCapture",
     "CaptureStats",
@@ -56,6 +63,15 @@ __all__ = [
     "connect",
     "describe_error",
     "require_replica_set",
+    "take_snapshot",
+    "list_snapshots",
+    "SnapshotInfo",
+    "Target",
+    "RestorePlan",
+    "plan_restore",
+    "restore",
+    "state_at",
+    "RestoreResult",
 ]
 
 if TYPE_CHECKING:

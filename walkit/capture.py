@@ -70,6 +70,23 @@ class CaptureStats:
     last_seq: int | None = None
 
 
+def token_time(token: Any) -> Timestamp | None:
+    """The clusterTime a resume token stands for, or None when it does not say.
+
+    MongoDB's ``_data`` is a hex KeyString that starts with the cluster time:
+    type byte 0x82, then seconds and increment (big-endian).  A token that does
+    not look like that gives None (the WAL then knows the position only by
+    the token itself).
+    """
+    data = token.get("_data") if hasattr(token, "get") else None
+    if not isinstance(data, str) or len(data) < 18 or not data.startswith("82"):
+        return None
+    try:
+        return Timestamp(int(data[2:10], 16), int(data[10:18], 16))
+    except ValueError:
+        return None
+
+
 class ChangeCapture:
     """Capture changes from ``uri`` into the WAL of ``home``.
 
@@ -186,7 +203,7 @@ class ChangeCapture:
                 raise NotAReplicaSetError(f"the server has no change streams (standalone); {STANDALONE_FIX}") from None
             raise
         if token is None and not fresh:  # a first stream: save where it starts before any event arrives
-            self.writer.checkpoint(stream.resume_token, None)
+            self.writer.checkpoint(stream.resume_token, token_time(stream.resume_token) or self._operation_time(client, 5.0))
             self.writer.sync()
             self.stats.checkpoints += 1
         return stream
@@ -223,7 +240,7 @@ class ChangeCapture:
 
     def _record_gap(self, stream: ChangeStream[Any], reason: str) -> None:
         assert self.writer is not None
-        seq = self.writer.append_gap(reason, stream.resume_token, None)
+        seq = self.writer.append_gap(reason, stream.resume_token, token_time(stream.resume_token))
         self.writer.sync()
         self.stats.gaps += 1
         log.warning("gap marker written at seq %d", seq)
@@ -263,7 +280,7 @@ class ChangeCapture:
                     break  # caught up with what the server had when asked to stop
                 token = stream.resume_token
                 if token is not None and token != writer.last_token and time.monotonic() - last_checkpoint >= self.checkpoint_interval:
-                    writer.checkpoint(token, None)
+                    writer.checkpoint(token, token_time(token))
                     self.stats.checkpoints += 1
                     last_checkpoint = time.monotonic()
                 writer.commit(flush=True)  # idle: hand everything buffered to the file now
@@ -279,6 +296,10 @@ class ChangeCapture:
             writer.commit(force_sync=event["operationType"] == "invalidate")
             if stop_at is not None and event["clusterTime"] > stop_at:
                 break  # past the last change acknowledged before the stop
+        token = stream.resume_token
+        if stop_by is not None and token is not None and token != writer.last_token:
+            writer.checkpoint(token, token_time(token))  # the WAL covers up to the stop
+            self.stats.checkpoints += 1
         writer.sync()
 
     @staticmethod

@@ -180,6 +180,81 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _uri(args: argparse.Namespace, what: str) -> str:
+    uri = args.uri or os.environ.get("MONGODB_URI")
+    if not uri:
+        raise ConfigError(f"no MongoDB to {what}: give --uri mongodb://... or set MONGODB_URI")
+    return uri
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    from .snapshot import take_snapshot
+
+    if args.collections and args.exclude:
+        raise ConfigError("give --collections or --exclude, not both")
+    home = Home(args.home).create()
+    snap = take_snapshot(
+        _uri(args, "snapshot"), home, database=args.db, collections=_csv(args.collections), exclude_collections=_csv(args.exclude)
+    )
+    print(f"{snap.id}: {snap.documents} documents in {len(snap.collections)} collections, {snap.size} bytes; restorable from {snap.end_wall.isoformat()} with the WAL")
+    return 0
+
+
+def cmd_snapshots(args: argparse.Namespace) -> int:
+    import json
+
+    from .snapshot import list_snapshots
+
+    snaps = list_snapshots(Home(args.home))
+    if args.json:
+        print(json.dumps([s.as_dict() for s in snaps], indent=2))
+        return 0
+    if not snaps:
+        print("no snapshots yet (take one with `walkit snapshot`)")
+    for s in snaps:
+        print(f"{s.id}  consistent from {s.end_wall.isoformat()}  {len(s.collections):>3} collections  {s.documents:>9} documents  {s.size:>12} bytes")
+    return 0
+
+
+def _instant(text: str) -> object:
+    from datetime import datetime, timezone
+
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time, e.g. 2026-11-25T10:31:06 (UTC) or 2026-11-25T11:31:06+01:00") from None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from .plan import Target
+    from .restore import restore
+
+    if args.at is not None:
+        target = Target("at", args.at)
+    elif args.seq is not None:
+        target = Target("seq", args.seq)
+    else:
+        target = Target("before_seq", args.before_seq)
+    if not args.dry_run:
+        if bool(args.to_uri) != bool(args.to_db):
+            raise ConfigError("--to-uri and --to-db go together")
+        if bool(args.to_db) == bool(args.to_dump):
+            raise ConfigError("name one destination: --to-uri URI --to-db NAME, or --to-dump DIR (or --dry-run)")
+    home = Home(args.home)
+    if not home.wal_dir.is_dir():
+        raise ConfigError(f"no WAL at {home.wal_dir}: run `walkit capture` first, or give the right --home")
+    result = restore(
+        home, target, to_uri=args.to_uri, to_db=args.to_db, to_dump=args.to_dump, database=args.db,
+        collections=_csv(args.collections), drop=args.drop, dry_run=args.dry_run,
+    )
+    print(result.plan.describe())
+    if not args.dry_run:
+        docs = ", ".join(f"{ns} {n}" for ns, n in sorted(result.documents.items())) or "no collections"
+        print(f"restored into {result.destination}: {result.events} events replayed; {docs}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -279,6 +354,52 @@ def build_parser() -> argparse.ArgumentParser:
     add_home(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser(
+        "snapshot",
+        help="take a local snapshot (no external call)",
+        description=(
+            "Scan the deployment (or --db, or some collections) into HOME/snapshots/<id>/, a mongodump "
+            "folder plus a manifest with the cluster times before and after the scan. With the WAL captured "
+            "meanwhile, it restores any instant after the scan ended."
+        ),
+    )
+    p.add_argument("--uri", help="the MongoDB replica set (default: $MONGODB_URI)")
+    p.add_argument("--db", metavar="NAME", help="snapshot one database (default: all but admin, config, local)")
+    p.add_argument("--collections", metavar="A,B", help="only these collections")
+    p.add_argument("--exclude", metavar="C,D", help="all but these collections")
+    add_home(p)
+    p.set_defaults(func=cmd_snapshot)
+
+    p = sub.add_parser("snapshots", help="list local snapshots", description="One line per snapshot: id, the instant it is consistent from, collections, documents, bytes.")
+    add_home(p)
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+    p.set_defaults(func=cmd_snapshots)
+
+    p = sub.add_parser(
+        "restore",
+        help="restore any point in time from local snapshots + WAL",
+        description=(
+            "Restore the state at one instant: --at TIME (ISO 8601, naive means UTC), --seq N (after event N) or "
+            "--before-seq N (just before event N: undo it). Into a database (--to-uri URI --to-db NAME; refused if "
+            "it is not empty, unless --drop) or a mongodump folder (--to-dump DIR). The newest snapshot before the "
+            "instant is loaded and the WAL replayed onto it; a transaction is never split, a gap never crossed. "
+            "Into a database, everything is written aside and renamed in only when complete."
+        ),
+    )
+    when = p.add_mutually_exclusive_group(required=True)
+    when.add_argument("--at", type=_instant, metavar="TIME", help="the instant, e.g. 2026-11-25T10:31:06")
+    when.add_argument("--seq", type=_positive, metavar="N", help="the state after event N (see `walkit wal show`)")
+    when.add_argument("--before-seq", type=_positive, metavar="N", help="the state just before event N")
+    p.add_argument("--to-uri", metavar="URI", help="restore into this MongoDB ...")
+    p.add_argument("--to-db", metavar="NAME", help="... into this database")
+    p.add_argument("--drop", action="store_true", help="replace the target database's collections if it is not empty")
+    p.add_argument("--to-dump", type=Path, metavar="DIR", help="write a mongodump folder instead (needs no server)")
+    p.add_argument("--db", metavar="NAME", help="the source database, when the snapshot holds several")
+    p.add_argument("--collections", metavar="A,B", help="restore only these collections")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
+    add_home(p)
+    p.set_defaults(func=cmd_restore)
     return parser
 
 

@@ -7,7 +7,12 @@ it into one clear line and a non-zero exit code, never a traceback::
     ├── ConfigError              a bad setting or argument (exit 2)
     ├── ServerError              the MongoDB deployment cannot do what is needed
     │   └── NotAReplicaSetError  change streams need a replica set (exit 2)
-    └── SandboxError             the embedded sandbox could not start or serve
+    ├── SandboxError             the embedded sandbox could not start or serve
+    ├── WALError                 the write-ahead log cannot be used as asked
+    │   ├── WALLockedError       another process writes this home (exit 2)
+    │   └── WALCorruptError      a damaged segment: file, offset, reason
+    ├── SnapshotError            a snapshot is missing, damaged or cannot be taken
+    └── RestoreError             no restore is possible as asked (names the restorable window)
 
 Guaranteed: each message names what was wrong and what to do about it.
 """
@@ -23,6 +28,8 @@ __all__ = [
     "WALError",
     "WALLockedError",
     "WALCorruptError",
+    "SnapshotError",
+    "RestoreError",
 ]
 
 
@@ -71,3 +78,11 @@ class WALCorruptError(WALError):
         self.reason = reason
         text = f"{file} at byte {offset}: {reason}"
         super().__init__(f"{text}; {advice}" if advice else text)
+
+
+class SnapshotError(WalkitError):
+    """A snapshot cannot be taken, or a stored one is missing or damaged."""
+
+
+class RestoreError(WalkitError):
+    """The asked-for restore cannot be done; says why and what can be."""

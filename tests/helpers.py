@@ -33,6 +33,7 @@ def take(stream: Any, n: int, timeout: float = 10.0) -> list[dict[str, Any]]:
 def capturing(uri: str, home: Path, wait: float = 20.0, **options: Any) -> Iterator[ChangeCapture]:
     """ChangeCapture running in a thread, its stream open; stopped (and its errors raised) on exit."""
     options.setdefault("fsync_interval", 0.05)
+    options.setdefault("initial_snapshot", False)  # tests that want one ask for it
     cap = ChangeCapture(uri, Home(home), **options)
     failures: list[BaseException] = []
 

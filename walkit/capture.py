@@ -19,6 +19,10 @@ checkpoint), so nothing is lost or doubled across ``kill -9``.
   stream has nothing more; at most ``stop_grace`` seconds), then fsyncs
   all, so changes acknowledged before the stop are on disk (on MongoDB:
   those majority-committed by then, as change streams show no others).
+- A fresh home (``initial_snapshot``) begins with a snapshot of capture's
+  scope, taken in a thread once the stream is open, so every instant after
+  capture started is restorable; after a gap marker a snapshot is taken
+  the same way.  A failed snapshot is logged and capture goes on.
 - A standalone server: NotAReplicaSetError with the fix.
 """
 
@@ -66,6 +70,8 @@ class CaptureStats:
     reconnects: int = 0
     #: Seconds from an event's wallTime to the moment its record was fsynced (recent ones).
     lags: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
+    snapshots: list[str] = field(default_factory=list)  # ids of the snapshots capture took
+    snapshot_errors: list[str] = field(default_factory=list)
     first_seq: int | None = None
     last_seq: int | None = None
 
@@ -110,6 +116,7 @@ class ChangeCapture:
         checkpoint_interval: float = 10.0,
         max_backoff: float = 30.0,
         stop_grace: float = 5.0,
+        initial_snapshot: bool = True,
     ) -> None:
         self.uri = uri
         self.home = home if isinstance(home, Home) else Home(home)
@@ -123,7 +130,9 @@ class ChangeCapture:
         self.checkpoint_interval = checkpoint_interval
         self.max_backoff = max_backoff
         self.stop_grace = stop_grace
+        self.initial_snapshot = initial_snapshot
         self.stats = CaptureStats()
+        self._snapshotter: threading.Thread | None = None
         self._stop = threading.Event()
         self.writer: WALWriter | None = None
         #: Called once the lock is held, the server checked and the WAL open.
@@ -167,6 +176,8 @@ class ChangeCapture:
                     self.on_ready(self)
                 self._loop(client, int(hello.get("maxWireVersion", 0)))
             finally:
+                if self._snapshotter is not None:
+                    self._snapshotter.join(self.stop_grace)  # else the next snapshot removes what it left
                 self.writer.close()
                 client.close()
         return self.stats
@@ -206,7 +217,31 @@ class ChangeCapture:
             self.writer.checkpoint(stream.resume_token, token_time(stream.resume_token) or self._operation_time(client, 5.0))
             self.writer.sync()
             self.stats.checkpoints += 1
+            if self.initial_snapshot:
+                self._snapshot_soon("the initial snapshot")
         return stream
+
+    def _snapshot_soon(self, why: str) -> None:
+        """Take a snapshot of capture's scope in a thread, while capture goes on."""
+        if self._snapshotter is not None and self._snapshotter.is_alive():
+            return
+
+        def take() -> None:
+            from .snapshot import take_snapshot
+
+            try:
+                snap = take_snapshot(
+                    self.uri, self.home, database=self.database, collections=self.collections,
+                    exclude_collections=self.exclude, clock=self.clock, progress=False,
+                )
+                self.stats.snapshots.append(snap.id)
+                log.info("%s: %s (%d documents), restorable from %s", why, snap.id, snap.documents, snap.end_wall.isoformat())
+            except Exception as exc:  # capture goes on; the WAL is still worth keeping
+                self.stats.snapshot_errors.append(str(exc))
+                log.warning("%s failed: %s; take one with `walkit snapshot`", why, exc)
+
+        self._snapshotter = threading.Thread(target=take, name="walkit-capture-snapshot", daemon=True)
+        self._snapshotter.start()
 
     def _loop(self, client: pymongo.MongoClient, wire: int) -> None:
         assert self.writer is not None
@@ -243,7 +278,8 @@ class ChangeCapture:
         seq = self.writer.append_gap(reason, stream.resume_token, token_time(stream.resume_token))
         self.writer.sync()
         self.stats.gaps += 1
-        log.warning("gap marker written at seq %d", seq)
+        log.warning("gap marker written at seq %d; taking a fresh snapshot so that restores can begin after it", seq)
+        self._snapshot_soon("the snapshot after a gap")
 
     def _durable(self, seq: int) -> None:
         """Writer callback after an fsync: record how long those events took."""

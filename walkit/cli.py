@@ -92,6 +92,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
         exclude_collections=_csv(args.exclude),
         fsync_interval=args.fsync_interval,
         segment_bytes=args.segment_mb * 1024 * 1024,
+        initial_snapshot=not args.no_initial_snapshot,
     )
 
     def _stop(signum: int, frame: object) -> None:
@@ -321,6 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_home(p)
     p.add_argument("--fsync-interval", type=float, default=0.2, metavar="S", help="at most this many seconds between a write and its fsync (default: 0.2)")
     p.add_argument("--segment-mb", type=_positive, default=16, metavar="N", help="seal and compress a segment when it reaches N MiB (default: 16)")
+    p.add_argument(
+        "--no-initial-snapshot", action="store_true",
+        help="on a fresh home, do not begin with a snapshot (restores need one taken after capture started)",
+    )
     p.set_defaults(func=cmd_capture)
 
     p = sub.add_parser("wal", help="look inside the write-ahead log", description="List the WAL's segments, or print its events.")

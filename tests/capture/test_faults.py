@@ -29,13 +29,17 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pymongo
 import pytest
+from bson.raw_bson import RawBSONDocument
 
+from walkit import RestoreError, Target, list_snapshots, state_at
 from walkit.errors import WALCorruptError
+from walkit.home import Home
 from walkit.sandbox import Sandbox, SandboxProcess
 from walkit.wal import Record, read_records, verify
 
@@ -337,6 +341,7 @@ def test_server_kill_9_and_restart_is_a_gap_and_capture_goes_on(captures: Callab
             for i in range(1, 21):
                 client[DB].items.insert_one({"_id": f"after-{i}"})
         wait_until("the events after the restart", lambda: len(records(home)) == 30 + 1 + 20, 20, cap)
+        wait_until("the initial snapshot and one after the gap", lambda: len(list_snapshots(Home(home))) == 2, 20, cap)
         time.sleep(0.3)
         assert cap.alive(), f"capture stopped after the server restart; stderr:\n{cap.stderr}"
         cap.signal(signal.SIGTERM)
@@ -361,6 +366,14 @@ def test_server_kill_9_and_restart_is_a_gap_and_capture_goes_on(captures: Callab
     assert "Traceback" not in err, err
     assert "history lost" in err and "gap marker" in err, err
     assert "1 gaps" in err.splitlines()[-1], err
+    # restorable on both sides of the gap, each from its own snapshot; never across it
+    before, after = list_snapshots(Home(home))
+    assert before.end <= recs[29].get("ct") and after.start >= gap.get("ct")
+    ids_at = {seq: [RawBSONDocument(raw)["_id"] for raw in state_at(Home(home), Target("seq", seq)).get(f"{DB}.items", [])] for seq in (30, 51)}
+    assert sorted(ids_at[30]) == sorted(f"before-{i}" for i in range(1, 31))
+    assert sorted(ids_at[51]) == sorted(f"after-{i}" for i in range(1, 21))  # the restarted sandbox lost the rest
+    with pytest.raises(RestoreError, match="gap"):  # an instant while the server was down
+        state_at(Home(home), Target("at", recs[29].get("wt") + timedelta(milliseconds=250)))
     result = walkit_verify(home)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "50 events, 1 gaps" in result.stdout

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,16 +38,7 @@ def capturing(uri: str, home: Path, wait: float = 20.0, **options: Any) -> Itera
     options.setdefault("fsync_interval", 0.05)
     options.setdefault("initial_snapshot", False)  # tests that want one ask for it
     cap = ChangeCapture(uri, Home(home), **options)
-    failures: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            cap.run()
-        except BaseException as exc:  # reported in the test's thread
-            failures.append(exc)
-
-    thread = threading.Thread(target=run, name="test-capture", daemon=True)
-    thread.start()
+    thread, failures = in_background(cap)
     deadline = time.monotonic() + wait
     while cap.stats.checkpoints == 0 and not failures:  # the stream is open: writes from now on are seen
         assert time.monotonic() < deadline, "capture did not open its change stream in time"
@@ -84,3 +78,37 @@ def apply_update_description(before: dict[str, Any], desc: dict[str, Any]) -> di
         else:
             node[key] = value
     return doc
+
+
+def walkit(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``python -m walkit ARGV`` as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "walkit", *argv], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def one_error_line(result: subprocess.CompletedProcess[str], code: int) -> str:
+    """The CLI failed with ``code`` and said why in exactly one ``walkit: error:`` line."""
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("walkit: error: "), lines[0]
+    return lines[0]
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+def in_background(cap: ChangeCapture) -> tuple[threading.Thread, list[BaseException]]:
+    """Run ``cap`` in a daemon thread; what stopped it lands in the returned list."""
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            cap.run()
+        except BaseException as exc:  # reported in the test's thread
+            failures.append(exc)
+
+    thread = threading.Thread(target=run, name="test-capture", daemon=True)
+    thread.start()
+    return thread, failures

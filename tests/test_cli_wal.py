@@ -14,7 +14,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -27,6 +26,7 @@ import pytest
 from bson import Decimal128, Int64, ObjectId, Timestamp, json_util
 from bson.json_util import CANONICAL_JSON_OPTIONS
 
+from tests.helpers import in_background
 from walkit.capture import ChangeCapture
 from walkit.cli import main
 from walkit.home import Home
@@ -54,16 +54,7 @@ def captured(mongo_uri: str, client: pymongo.MongoClient, tmp_path_factory: pyte
     home = tmp_path_factory.mktemp("cli-wal") / "home"
     name = f"t_{uuid.uuid4().hex[:12]}"
     cap = ChangeCapture(mongo_uri, Home(home), database=name, fsync_interval=0.05, segment_bytes=4096)
-    failures: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            cap.run()
-        except BaseException as exc:
-            failures.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
+    thread, failures = in_background(cap)
     deadline = time.monotonic() + WAIT
     while cap.stats.checkpoints == 0 and not failures:
         assert time.monotonic() < deadline, "capture did not start"

@@ -71,6 +71,14 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_scope(parser: argparse.ArgumentParser, verb: str) -> None:
+    """``--uri``, ``--db``, ``--collections``, ``--exclude``: what a command reads from MongoDB."""
+    parser.add_argument("--uri", help="the MongoDB replica set (default: $MONGODB_URI)")
+    parser.add_argument("--db", metavar="NAME", help=f"{verb} one database (default: all but admin, config, local)")
+    parser.add_argument("--collections", metavar="A,B", help=f"{verb} only these collections")
+    parser.add_argument("--exclude", metavar="C,D", help=f"{verb} everything but these collections")
+
+
 def _csv(text: str | None) -> list[str]:
     return [p.strip() for p in (text or "").split(",") if p.strip()]
 
@@ -79,9 +87,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
     from .capture import ChangeCapture
     from .mongo import redact
 
-    uri = args.uri or os.environ.get("MONGODB_URI")
-    if not uri:
-        raise ConfigError("no MongoDB to capture from: give --uri mongodb://... or set MONGODB_URI")
+    uri = _uri(args, "capture from")
     if args.collections and args.exclude:
         raise ConfigError("give --collections or --exclude, not both")
     capture = ChangeCapture(
@@ -315,10 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
             "marker is recorded and capture goes on."
         ),
     )
-    p.add_argument("--uri", help="the MongoDB replica set (default: $MONGODB_URI)")
-    p.add_argument("--db", metavar="NAME", help="capture one database (default: the whole deployment)")
-    p.add_argument("--collections", metavar="A,B", help="capture only these collections")
-    p.add_argument("--exclude", metavar="C,D", help="capture everything but these collections")
+    add_scope(p, "capture")
     add_home(p)
     p.add_argument("--fsync-interval", type=float, default=0.2, metavar="S", help="at most this many seconds between a write and its fsync (default: 0.2)")
     p.add_argument("--segment-mb", type=_positive, default=16, metavar="N", help="seal and compress a segment when it reaches N MiB (default: 16)")
@@ -369,10 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
             "meanwhile, it restores any instant after the scan ended."
         ),
     )
-    p.add_argument("--uri", help="the MongoDB replica set (default: $MONGODB_URI)")
-    p.add_argument("--db", metavar="NAME", help="snapshot one database (default: all but admin, config, local)")
-    p.add_argument("--collections", metavar="A,B", help="only these collections")
-    p.add_argument("--exclude", metavar="C,D", help="all but these collections")
+    add_scope(p, "snapshot")
     add_home(p)
     p.set_defaults(func=cmd_snapshot)
 

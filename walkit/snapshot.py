@@ -49,6 +49,7 @@ from .errors import SnapshotError, WalkitError
 from .home import Home
 from .mongo import connect, describe_error, require_replica_set
 from .wal import list_segments
+from .walwriter import fsync_dir as _fsync_dir
 
 __all__ = ["take_snapshot", "list_snapshots", "load_snapshot", "SnapshotInfo", "CollectionEntry"]
 
@@ -171,14 +172,6 @@ def _write_json(path: Path, text: str) -> None:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def take_snapshot(

@@ -71,7 +71,8 @@ MISSING_ADVICE = (
 )
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a folder's entries (created, renamed, removed files) durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -119,7 +120,7 @@ def compress_segment(wal_dir: Path, index: int, whole: bytes | bytearray | None 
         fout.flush()
         os.fsync(fout.fileno())
     os.replace(tmp, dst)
-    _fsync_dir(wal_dir)
+    fsync_dir(wal_dir)
     src.unlink()  # not synced: if it comes back after a power cut, the next open removes it
 
 
@@ -314,7 +315,7 @@ class WALWriter:
         self._rotate_at = self._created + timedelta(seconds=self.segment_seconds)
         path = self.dir / segment_name(index, False)
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o644)
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
         header = {"k": "h", "segment": index, "first_seq": Int64(first_seq), "prev": prev_hash, "created": self._created, "format": FORMAT, "walkit": __version__}
         self._add(bson.encode(header))
         self.commit(flush=True)  # synced with the first records: a crash before that leaves an empty segment, begun afresh

@@ -21,10 +21,8 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -38,7 +36,7 @@ from bson import Decimal128, Int64, Regex, json_util
 from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
 
-from tests.helpers import capturing
+from tests.helpers import capturing, in_background, one_error_line, unique, walkit
 from walkit.capture import ChangeCapture
 from walkit.home import Home
 from walkit.snapshot import SnapshotInfo, take_snapshot
@@ -52,23 +50,6 @@ State = dict[str, list[bytes]]  # collection name -> its documents' BSON, sorted
 # operationType of each event the workload makes, in seq order (seq 5 and 6 are one transaction)
 OPS = ["insert", "update", "delete", "insert", "insert", "delete", "replace"]
 
-
-def walkit(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "walkit", *argv], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-
-
-def one_error_line(result: subprocess.CompletedProcess[str], code: int) -> str:
-    """The CLI failed with ``code`` and said why in exactly one ``walkit: error:`` line."""
-    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("walkit: error: "), lines[0]
-    return lines[0]
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:10]}"
 
 
 def read_state(db: Any, session: Any = None) -> State:
@@ -386,16 +367,7 @@ def test_a_gap_is_never_crossed(scenario: Scenario, client: pymongo.MongoClient,
     time.sleep(0.03)
 
     cap = ChangeCapture(scenario.uri, Home(home), database=scenario.db, fsync_interval=0.05)
-    failures: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            cap.run()
-        except BaseException as exc:
-            failures.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
+    thread, failures = in_background(cap)
     try:
         client[scenario.db].items.insert_one({"_id": 20, "sku": "after the gap"})  # resumed from the old token: seen even before the stream opens
         wait_for_events(home, len(OPS) + 2)  # the gap marker counts too

@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -39,7 +38,7 @@ from bson.timestamp import Timestamp
 from pymongo import errors as pm
 
 import walkit.snapshot as snapshot_module
-from tests.helpers import capturing
+from tests.helpers import capturing, one_error_line, unique, walkit
 from walkit.errors import ConfigError, SnapshotError
 from walkit.home import Home
 from walkit.plan import Target
@@ -50,23 +49,6 @@ from walkit.wal import read_records
 WAIT = 20.0
 RAW = CodecOptions(document_class=RawBSONDocument, tz_aware=True)
 
-
-def walkit(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "walkit", *argv], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-
-
-def one_error_line(result: subprocess.CompletedProcess[str], code: int) -> str:
-    """The CLI failed with ``code`` and said why in exactly one ``walkit: error:`` line."""
-    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("walkit: error: "), lines[0]
-    return lines[0]
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:10]}"
 
 
 def file_docs(path: Path) -> list[bytes]:

@@ -204,8 +204,17 @@ class ChangeCapture:
         if wire >= POST_IMAGE_WIRE:
             kwargs["full_document"] = "whenAvailable"
         token = None if fresh else self.writer.last_token
+        start_at = None if fresh or token is not None else self.writer.last_ct
+        snapshot_start = None
+        if token is None and start_at is None and not fresh:
+            start_at = snapshot_start = self._snapshot_start()
+            if start_at is not None:  # a fresh home with a snapshot: capture from where its scan began
+                self.writer.checkpoint(None, start_at)  # no token yet: a restart starts at this time
+                self.writer.sync()
         if token is not None:
             kwargs["start_after" if self.writer.last_invalidate else "resume_after"] = token
+        elif start_at is not None:
+            kwargs["start_at_operation_time"] = start_at
         target = client.get_database(self.database, codec_options=RAW_CODEC) if self.database else client
         try:
             stream = target.watch(self._pipeline(), **kwargs)
@@ -214,12 +223,27 @@ class ChangeCapture:
                 raise NotAReplicaSetError(f"the server has no change streams (standalone); {STANDALONE_FIX}") from None
             raise
         if token is None and not fresh:  # a first stream: save where it starts before any event arrives
-            self.writer.checkpoint(stream.resume_token, token_time(stream.resume_token) or self._operation_time(client, 5.0))
-            self.writer.sync()
+            if stream.resume_token is not None:  # (None when the first batch holds events: they carry tokens)
+                when = start_at or token_time(stream.resume_token) or self._operation_time(client, 5.0)
+                self.writer.checkpoint(stream.resume_token, when)
+                self.writer.sync()
             self.stats.checkpoints += 1
-            if self.initial_snapshot:
+            if self.initial_snapshot and start_at is None:
                 self._snapshot_soon("the initial snapshot")
+            elif snapshot_start is not None:
+                log.info("fresh WAL: capturing from the start of the newest snapshot (%s)", snapshot_start)
         return stream
+
+    def _snapshot_start(self) -> Timestamp | None:
+        """The scan start of the home's newest snapshot of capture's scope, if any."""
+        from .snapshot import list_snapshots
+
+        try:
+            snaps = [s for s in list_snapshots(self.home) if s.covers(self.database, self.collections or None)]
+        except Exception as exc:  # a damaged manifest: capture still starts, from now
+            log.warning("cannot read the snapshots in %s (%s); capturing from now", self.home.path, exc)
+            return None
+        return max(snaps, key=lambda s: s.end).start if snaps else None
 
     def _snapshot_soon(self, why: str) -> None:
         """Take a snapshot of capture's scope in a thread, while capture goes on."""

@@ -12,7 +12,7 @@ import pymongo
 from bson.raw_bson import RawBSONDocument
 
 from tests.helpers import capturing
-from walkit import Target, list_snapshots, state_at
+from walkit import Target, list_snapshots, state_at, take_snapshot
 from walkit.capture import ChangeCapture
 from walkit.home import Home
 from walkit.wal import read_records
@@ -61,3 +61,30 @@ def test_no_initial_snapshot_when_asked_or_when_the_home_is_not_fresh(mongo_uri:
     assert not again.stats.snapshots and list_snapshots(home) == []
     help_text = subprocess.run([sys.executable, "-m", "walkit", "capture", "--help"], capture_output=True, text=True, cwd=ROOT).stdout
     assert "--no-initial-snapshot" in help_text
+
+
+def test_capture_on_a_fresh_home_starts_from_its_snapshot(mongo_uri: str, tmp_path: Path) -> None:
+    """A snapshot taken before capture ran: capture starts at the scan's start, so nothing between is missed."""
+    home = Home(tmp_path / "home")
+    with pymongo.MongoClient(mongo_uri) as client:
+        db = client["from_snap"]
+        db.items.insert_many([{"_id": i} for i in range(3)])
+        snap = take_snapshot(mongo_uri, home, database=db.name, progress=False)
+        db.items.insert_one({"_id": 10})  # while no capture runs
+        db.items.update_one({"_id": 1}, {"$set": {"late": True}})
+        with capturing(mongo_uri, home.path, database=db.name, initial_snapshot=True) as cap:
+            db.items.delete_one({"_id": 2})
+            _wait(lambda: [r.event()["operationType"] for r in read_records(home.wal_dir)][-1:] == ["delete"], "capture did not catch up")
+        expected = sorted(d["_id"] for d in db.items.find())
+    assert not cap.stats.snapshots, "a snapshot was there already: no initial one"
+    recs = list(read_records(home.wal_dir))
+    # from the change at the scan's start on (the snapshot holds it too: replay is idempotent),
+    # including the two made while no capture ran
+    ops = [r.event()["operationType"] for r in recs]
+    assert ops[-3:] == ["insert", "update", "delete"] and ops[:-3] in ([], ["insert"]), ops
+    assert recs[0].get("ct") >= snap.start
+    first = next(read_records(home.wal_dir, kinds=("c",)))
+    assert first.get("ct") == snap.start and first.get("tok") is None
+    last = list(read_records(home.wal_dir))[-1]
+    got = state_at(home, Target("seq", last.seq))["from_snap.items"]
+    assert sorted(RawBSONDocument(raw)["_id"] for raw in got) == expected == [0, 1, 10]

@@ -223,7 +223,10 @@ def _outside(target: Target, runs: list[Run]) -> str:
     first, last = runs[0].start_wall, runs[-1].end_wall
     if at is not None and first is not None and at < _aware(first):
         return f"it is before the WAL begins ({_aware(first).isoformat()})"
-    return f"it is after the newest change the WAL holds ({_aware(last).isoformat() if last else '?'})"
+    return (
+        f"it is after the newest change the WAL holds ({_aware(last).isoformat() if last else '?'}); while idle, capture "
+        "records its position every 10 s and at every stop, so retry shortly, or name the newest event with --seq"
+    )
 
 
 def _events(home: Home, plan: RestorePlan) -> Iterator[Any]:

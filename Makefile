@@ -24,6 +24,8 @@ test: lint
 
 bench: $(BIN)/.installed
 	$(BIN)/python bench/bench_sandbox.py
+	$(BIN)/python bench/bench_wal.py
+	$(BIN)/python bench/bench_restore.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

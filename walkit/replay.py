@@ -124,23 +124,23 @@ def apply_update_description(doc: dict[str, Any], desc: dict[str, Any]) -> None:
 class MemoryState:
     """Collections held in memory: ``{(db, coll): {_id bytes: document}}``.
 
-    Documents stay raw BSON until an update needs them decoded.  For the
+    Documents stay BSON bytes until an update needs them decoded.  For the
     dump folder, pandas, and tests; memory grows with the data restored.
     """
 
     def __init__(self, settled: Any = None) -> None:
-        self.collections: dict[Namespace, dict[bytes, RawBSONDocument | dict[str, Any]]] = {}
+        self.collections: dict[Namespace, dict[bytes, bytes | dict[str, Any]]] = {}
         #: The snapshot's end: events after it are known not to be in the loaded documents.
         self.settled = settled
 
     def load(self, ns: Namespace, docs: Iterable[RawBSONDocument]) -> None:
         coll = self.collections.setdefault(ns, {})
         for doc in docs:
-            coll[_id_key(doc["_id"])] = doc
+            coll[_id_key(doc["_id"])] = doc.raw
 
-    def apply(self, event: RawBSONDocument) -> None:
+    def apply(self, event: RawBSONDocument, ns: Namespace | None = None) -> None:
         op = event["operationType"]
-        ns = namespace_of(event)
+        ns = ns or namespace_of(event)
         if ns is None:
             return
         if op in ("insert", "replace", "update", "delete"):
@@ -150,11 +150,11 @@ class MemoryState:
             if op == "delete":
                 coll.pop(key, None)
             elif full is not None:
-                coll[key] = full
+                coll[key] = full.raw
             elif op == "update" and key in coll:
                 doc = coll[key]
-                if isinstance(doc, RawBSONDocument):
-                    doc = bson.decode(doc.raw, DOC)
+                if isinstance(doc, bytes):
+                    doc = bson.decode(doc, DOC)
                 apply_update_description(doc, bson.decode(event["updateDescription"].raw, DOC))
                 coll[key] = doc
         elif op == "drop":
@@ -175,7 +175,7 @@ class MemoryState:
         coll = self.collections.get(ns, {})
         for key in sorted(coll):
             doc = coll[key]
-            yield doc.raw if isinstance(doc, RawBSONDocument) else bson.encode(doc, codec_options=DOC)
+            yield doc if isinstance(doc, bytes) else bson.encode(doc, codec_options=DOC)
 
 
 class MongoTarget:

@@ -25,6 +25,7 @@ import contextlib
 import os
 import secrets
 import shutil
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -104,7 +105,7 @@ def scan_wal(wal_dir: Path, target: Target, renames: list[tuple[Timestamp, tuple
             if found_run is not None and target.kind != "at":
                 done = True  # the cut ends where its run ends
             continue
-        ct, wall = rec.get("ct"), rec.get("wt")
+        ct, wall = rec.ct, rec.wt
         if not isinstance(ct, Timestamp):
             continue
         if cur is None:
@@ -171,9 +172,15 @@ def _first_ct(run: Run) -> Timestamp | None:
 
 
 def prepare_restore(
-    home: Home, target: Target, collections: Sequence[str] | None = None, clock: Clock | None = None, database: str | None = None
+    home: Home,
+    target: Target,
+    collections: Sequence[str] | None = None,
+    clock: Clock | None = None,
+    database: str | None = None,
+    count_events: bool = True,
 ) -> tuple[RestorePlan, list[SnapshotInfo], list[Run]]:
-    """Resolve and plan (no writes): what ``--dry-run`` shows."""
+    """Resolve and plan (no writes): what ``--dry-run`` shows.  ``count_events`` reads the
+    replayed range once more to say how many events it holds (``plan.events``)."""
     clock = clock or SystemClock()
     if target.kind == "at":
         assert isinstance(target.value, datetime)
@@ -194,7 +201,8 @@ def prepare_restore(
         missing = [c for c in collections if c not in known]
         if missing:
             raise RestoreError(f"unknown collection {', '.join(missing)}: neither snapshot {plan.snapshot.id} nor the WAL after it has it (it has {', '.join(sorted(known)) or 'none'})")
-    plan.events = sum(1 for _ in _events(home, plan))
+    if count_events:
+        plan.events = sum(1 for _ in _events(home, plan))
     return plan, snapshots, runs
 
 
@@ -233,7 +241,7 @@ def _events(home: Home, plan: RestorePlan) -> Iterator[Any]:
     if plan.to_seq is None:
         return
     for rec in read_records(home.wal_dir, from_seq=plan.run.first_seq, to_seq=plan.to_seq, kinds=("e",)):
-        ct = rec.get("ct")
+        ct = rec.ct
         if isinstance(ct, Timestamp) and ct >= plan.from_ct:
             yield rec
 
@@ -264,7 +272,8 @@ def restore(
     destinations = sum(x for x in (bool(to_uri or to_db), to_dump is not None, as_dataframes))
     if destinations != 1 and not dry_run:
         raise WalkitError("name exactly one destination: to_uri + to_db, to_dump, or as_dataframes")
-    plan, _, _ = prepare_restore(home, target, collections, clock, database)
+    visible = progress if progress is not None else sys.stderr.isatty()
+    plan, _, _ = prepare_restore(home, target, collections, clock, database, count_events=dry_run or visible)
     result = RestoreResult(plan)
     if dry_run:
         return result
@@ -282,7 +291,7 @@ def restore(
 
 def state_at(home: Home, target: Target, *, database: str | None = None, collections: Sequence[str] | None = None, clock: Clock | None = None) -> dict[str, list[bytes]]:
     """Time travel without a database: ``{"db.coll": [document BSON, ...]}`` (in ``_id`` byte order) at ``target``."""
-    plan, _, _ = prepare_restore(home, target, collections, clock, database)
+    plan, _, _ = prepare_restore(home, target, collections, clock, database, count_events=False)
     state = _replay_in_memory(home, plan, RestoreResult(plan), plan.database, False)
     return {f"{ns[0]}.{ns[1]}": list(state.documents(ns)) for ns in sorted(state.collections)}
 
@@ -303,9 +312,9 @@ def _replay_in_memory(home: Home, plan: RestorePlan, result: RestoreResult, data
         event = rec.get("ev")
         ns = namespace_of(event)
         if ns is not None and (database is None or ns[0] == database) and (wanted is None or ns in wanted or ns[1] in plan.collections):
-            state.apply(event)
-        elif event["operationType"] in ("dropDatabase", "rename") and (database is None or (ns and ns[0] == database)):
-            state.apply(event)
+            state.apply(event, ns)
+        elif ns is not None and event["operationType"] in ("dropDatabase", "rename") and (database is None or ns[0] == database):
+            state.apply(event, ns)
         result.events += 1
         bar.update(1)
     bar.close()
@@ -393,7 +402,7 @@ def _into_mongo(home: Home, plan: RestorePlan, result: RestoreResult, uri: str, 
         for name in made:
             final = name[len(prefix) :]
             _indexes(db, name, plan, (source, final))
-            result.documents[f"{to_db}.{final}"] = db[name].count_documents({})
+            result.documents[f"{to_db}.{final}"] = db[name].estimated_document_count()
         if drop:
             for name in existing:
                 db.drop_collection(name)

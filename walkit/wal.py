@@ -33,13 +33,15 @@ import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import IO, Any
 
 import bson
 from bson.codec_options import CodecOptions, DatetimeConversion
+from bson.datetime_ms import DatetimeMS
 from bson.raw_bson import RawBSONDocument
+from bson.timestamp import Timestamp
 
 FORMAT = 1
 FRAME = struct.Struct("<II")
@@ -62,7 +64,16 @@ def frame(body: bytes) -> bytes:
 
 _KIND_AT = b"\x02k\x00\x02\x00\x00\x00"  # the writer puts k (a one-letter string) first ...
 _SEQ_AT = b"\x12seq\x00"  # ... and an event's or gap's int64 seq right after it
-_I64, _I32 = struct.Struct("<q"), struct.Struct("<i")
+_I64, _I32, _TS = struct.Struct("<q"), struct.Struct("<i"), struct.Struct("<II")
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _datetime(millis: int) -> Any:
+    """A BSON datetime as the RAW codec decodes it (aware UTC; DatetimeMS when out of range)."""
+    try:
+        return _EPOCH + timedelta(milliseconds=millis)
+    except OverflowError:
+        return DatetimeMS(millis)
 
 
 class Record:
@@ -98,6 +109,21 @@ class Record:
             if found is not None:
                 return RawBSONDocument(found, RAW)
         return self.body.get(key, default)
+
+    @property
+    def ct(self) -> Any:
+        """The record's clusterTime (an event's without decoding it), or None."""
+        if self.kind == "e" and self.raw[26:30] == b"\x11ct\x00":
+            inc, time = _TS.unpack_from(self.raw, 30)
+            return Timestamp(time, inc)
+        return self.body.get("ct")
+
+    @property
+    def wt(self) -> Any:
+        """The record's wallTime (an event's without decoding it), or None."""
+        if self.kind == "e" and self.raw[38:42] == b"\x09wt\x00":
+            return _datetime(_I64.unpack_from(self.raw, 42)[0])
+        return self.body.get("wt")
 
     def event(self) -> dict[str, Any]:
         """An event record's event as plain dicts (one C-speed decode); its exact

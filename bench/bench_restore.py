@@ -55,6 +55,7 @@ from typing import Any
 
 import bson
 import pymongo
+from bench_wal import WORDS, best  # the sibling script: bench/ is on sys.path when run
 from bson.codec_options import CodecOptions
 from bson.int64 import Int64
 from bson.objectid import ObjectId
@@ -77,18 +78,6 @@ EPOCH = datetime(2024, 5, 1, tzinfo=timezone.utc)
 RAW = CodecOptions(document_class=RawBSONDocument, tz_aware=True)
 BATCH = 1000
 LIMIT_MB = 500
-WORDS = [f"{w}{n}" for w in ("order", "tea", "blue", "parcel", "Zürich", "refund", "express", "note", "id", "x") for n in ("", "7", "42", "-3", "b9f")]
-
-
-def best(reps: int, fn: Callable[[int], Any]) -> tuple[float, Any]:
-    """The fastest of ``reps`` runs of ``fn(rep)`` (seconds) and what it returned."""
-    runs = []
-    for rep in range(reps):
-        os.sync()  # earlier runs' dirty pages are written back now, not during this run
-        start = time.perf_counter()
-        result = fn(rep)
-        runs.append((time.perf_counter() - start, result))
-    return min(runs, key=lambda r: r[0])
 
 
 def profiled(title: str, fn: Callable[[], object]) -> None:

@@ -91,7 +91,7 @@ def make_events(n: int, size: int) -> list[dict[str, Any]]:
     return events
 
 
-def best(reps: int, fn: Callable[[int], int]) -> tuple[float, int]:
+def best(reps: int, fn: Callable[[int], Any]) -> tuple[float, Any]:
     """The fastest of ``reps`` runs of ``fn(rep)`` (seconds) and what it returned."""
     runs = []
     for rep in range(reps):
@@ -99,7 +99,7 @@ def best(reps: int, fn: Callable[[int], int]) -> tuple[float, int]:
         start = time.perf_counter()
         result = fn(rep)
         runs.append((time.perf_counter() - start, result))
-    return min(runs)
+    return min(runs, key=lambda r: r[0])
 
 
 def profiled(title: str, fn: Callable[[], object]) -> None:

@@ -16,6 +16,8 @@ from .compat import BackgroundCapture, create_wal_writer
 from .errors import (
     ConfigError,
     NotAReplicaSetError,
+    QuotaError,
+    QuotaExceededError,
     RestoreError,
     SandboxError,
     ServerError,
@@ -29,6 +31,7 @@ from .events import ChangeEvent
 from .home import Home
 from .mongo import connect, describe_error, require_replica_set
 from .plan import RestorePlan, Target, plan_restore
+from .quota import QuotaLedger
 from .restore import RestoreResult, restore, state_at
 from .snapshot import SnapshotInfo, list_snapshots, take_snapshot
 from .wal import Report, read_records, verify
@@ -50,6 +53,8 @@ __all__ = [
     "WALCorruptError",
     "SnapshotError",
     "RestoreError",
+    "QuotaError",
+    "QuotaExceededError",
     "Home",
     "ChangeCapture",
     "CaptureStats",
@@ -72,6 +77,7 @@ __all__ = [
     "restore",
     "state_at",
     "RestoreResult",
+    "QuotaLedger",
 ]
 
 if TYPE_CHECKING:

@@ -12,12 +12,16 @@ it into one clear line and a non-zero exit code, never a traceback::
     │   ├── WALLockedError       another process writes this home (exit 2)
     │   └── WALCorruptError      a damaged segment: file, offset, reason
     ├── SnapshotError            a snapshot is missing, damaged or cannot be taken
-    └── RestoreError             no restore is possible as asked (names the restorable window)
+    ├── RestoreError             no restore is possible as asked (names the restorable window)
+    └── QuotaError               the quota ledger cannot be read or locked; no call is made
+        └── QuotaExceededError   the window's one call is spent: next_allowed says when (exit 3)
 
 Guaranteed: each message names what was wrong and what to do about it.
 """
 
 from __future__ import annotations
+
+from datetime import datetime
 
 __all__ = [
     "WalkitError",
@@ -30,6 +34,8 @@ __all__ = [
     "WALCorruptError",
     "SnapshotError",
     "RestoreError",
+    "QuotaError",
+    "QuotaExceededError",
 ]
 
 
@@ -86,3 +92,17 @@ class SnapshotError(WalkitError):
 
 class RestoreError(WalkitError):
     """The asked-for restore cannot be done; says why and what can be."""
+
+
+class QuotaError(WalkitError):
+    """The quota ledger cannot be read or locked; no call is made."""
+
+
+class QuotaExceededError(QuotaError):
+    """This window's external call is spent (or being made); says when the next is allowed."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, next_allowed: datetime | None) -> None:
+        super().__init__(message)
+        self.next_allowed = next_allowed

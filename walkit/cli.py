@@ -398,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     when.add_argument("--before-seq", type=_positive, metavar="N", help="the state just before event N")
     p.add_argument("--to-uri", metavar="URI", help="restore into this MongoDB ...")
     p.add_argument("--to-db", metavar="NAME", help="... into this database")
-    p.add_argument("--drop", action="store_true", help="replace the target database's collections if it is not empty")
+    p.add_argument("--drop", action="store_true", help="replace the target database's collections if it is not empty (with --collections: only those)")
     p.add_argument("--to-dump", type=Path, metavar="DIR", help="write a mongodump folder instead (needs no server)")
     p.add_argument("--db", metavar="NAME", help="the source database, when the snapshot holds several")
     p.add_argument("--collections", metavar="A,B", help="restore only these collections")

@@ -9,7 +9,9 @@ and replays the WAL's events onto it.
   database, indexes included, and renamed into place only when all of it
   succeeded; a failure drops them and leaves the target as it was.  A
   non-empty target database is refused unless ``drop=True`` (its other
-  collections are dropped only after the replay succeeded).
+  collections are dropped only after the replay succeeded).  With
+  ``collections``, only those collections of the target count and are
+  replaced; the others are left alone.
 - Into a dump folder (``to_dump``): a mongodump directory of the state
   (``<db>/<coll>.bson`` + ``.metadata.json`` with the snapshot's indexes),
   written under a temporary name and renamed in.  Needs no server.
@@ -382,8 +384,11 @@ def _into_mongo(home: Home, plan: RestorePlan, result: RestoreResult, uri: str, 
     db = client[to_db]
     try:
         existing = [c for c in db.list_collection_names() if not c.startswith(TEMP)]
+        if plan.collections:  # a subset replaces only those collections; the others stay as they are
+            existing = [c for c in existing if c in plan.collections]
         if existing and not drop:
-            raise RestoreError(f"database {to_db!r} is not empty ({len(existing)} collections); restore into a new one, or pass --drop to replace it")
+            what = f"already has {', '.join(sorted(existing))}" if plan.collections else f"is not empty ({len(existing)} collections)"
+            raise RestoreError(f"database {to_db!r} {what}; restore into a new one, or pass --drop to replace it")
         wanted = set(plan.collections) if plan.collections else None
         target = MongoTarget(db, source, prefix, wanted, settled=plan.snapshot.end)
         entries = _entries(plan, source)

@@ -264,6 +264,14 @@ def test_restore_of_some_collections_into_a_database(scenario: Scenario, client:
         assert result.returncode == 0, result.stderr
         assert db.list_collection_names() == ["logs"]
         assert read_state(db) == {"logs": scenario.after[6]["logs"]}
+        # a subset replaces only its own collections: others in the target stay untouched
+        db.keep.insert_one({"_id": "mine"})
+        again = scenario.restore("--seq", "6", "--to-uri", scenario.uri, "--to-db", target, "--collections", "logs")
+        assert "already has logs" in one_error_line(again, 1) and "--drop" in again.stderr
+        dropped = scenario.restore("--seq", "6", "--to-uri", scenario.uri, "--to-db", target, "--collections", "logs", "--drop")
+        assert dropped.returncode == 0, dropped.stderr
+        assert sorted(db.list_collection_names()) == ["keep", "logs"] and db.keep.find_one() == {"_id": "mine"}
+        assert read_state(db)["logs"] == scenario.after[6]["logs"]
     finally:
         client.drop_database(target)
 

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from walkit import replay
 from walkit.capture import ChangeCapture
 from walkit.home import Home
 
@@ -54,31 +55,10 @@ def capturing(uri: str, home: Path, wait: float = 20.0, **options: Any) -> Itera
 
 
 def apply_update_description(before: dict[str, Any], desc: dict[str, Any]) -> dict[str, Any]:
-    """A copy of ``before`` changed as an update event's updateDescription says, the way a replayer would."""
+    """A copy of ``before`` changed as an update event's updateDescription says (walkit's replay rule)."""
     doc = copy.deepcopy(before)
-
-    def walk(path: str) -> tuple[Any, str | int]:
-        parts = path.split(".")
-        node: Any = doc
-        for part in parts[:-1]:
-            node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
-        last = parts[-1]
-        return node, int(last) if isinstance(node, list) else last
-
-    for trunc in desc.get("truncatedArrays") or []:
-        node, key = walk(trunc["field"])
-        del node[key][trunc["newSize"] :]
-    for path in desc.get("removedFields") or []:
-        node, key = walk(path)
-        del node[key]
-    for path, value in (desc.get("updatedFields") or {}).items():
-        node, key = walk(path)
-        if isinstance(node, list) and key == len(node):
-            node.append(value)
-        else:
-            node[key] = value
+    replay.apply_update_description(doc, desc)
     return doc
-
 
 def walkit(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """``python -m walkit ARGV`` as a user runs it."""

@@ -77,7 +77,6 @@ class Cut:
     run: Run
     last_seq: int | None
     next_ct: Timestamp | None
-    instant: datetime | None  # for "at": the asked-for instant
 
 
 @dataclass

@@ -157,20 +157,16 @@ def scan_wal(wal_dir: Path, target: Target, renames: list[tuple[Timestamp, tuple
             first = next((r.first_seq for r in runs if r.first_seq is not None), None)
             last = next((r.last_seq for r in reversed(runs) if r.last_seq is not None), None)
             raise RestoreError(f"event {want} is not in the WAL (it holds events {first}..{last})" if first else "the WAL holds no events yet")
-        return runs, Cut(runs[found_run], last_seq, next_ct, None)
+        return runs, Cut(runs[found_run], last_seq, next_ct)
     assert at is not None
     for index, run in enumerate(runs):
         start = run.start_wall and _aware(run.start_wall)
         end = run.end_wall and _aware(run.end_wall)
         if start is not None and end is not None and start <= at <= end:
-            if found_run != index:  # no event at or before the instant in this run
-                return runs, Cut(run, None, _first_ct(run), at)
-            return runs, Cut(run, last_seq, next_ct, at)
+            if found_run != index:  # no event at or before the instant in this run: the snapshot alone
+                return runs, Cut(run, None, None)
+            return runs, Cut(run, last_seq, next_ct)
     return runs, None
-
-
-def _first_ct(run: Run) -> Timestamp | None:
-    return run.start_ct if run.first_seq is not None else None
 
 
 def prepare_restore(

@@ -1,11 +1,11 @@
 # Two commands do all set-up on a fresh machine:
 #   make demo   - create .venv, install, start the sandbox, watch a small workload
-#   make test   - create .venv, install, lint and run every test
+#   make test   - create .venv, install, lint, install tar/zstd/age if missing (apt-get), run every test
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint tools bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,10 @@ demo: $(BIN)/.installed
 lint: $(BIN)/.installed
 	$(BIN)/ruff check walkit tests bench
 
-test: lint
+tools:
+	@sh scripts/ensure-tools.sh
+
+test: lint tools
 	$(BIN)/pytest
 
 bench: $(BIN)/.installed

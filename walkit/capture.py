@@ -337,7 +337,10 @@ class ChangeCapture:
             event = stream.try_next()
             if event is None:
                 if stop_by is not None:
-                    break  # caught up with what the server had when asked to stop
+                    reached = token_time(stream.resume_token)
+                    if stop_at is None or reached is None or reached >= stop_at:
+                        break  # caught up with what the server had when asked to stop
+                    continue  # an empty batch before the stream reached the stop: keep reading (until stop_grace)
                 token = stream.resume_token
                 if token is not None and token != writer.last_token and time.monotonic() - last_checkpoint >= self.checkpoint_interval:
                     writer.checkpoint(token, token_time(token))

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__
+from .cli_offsite import add_age_identity, add_provider, register
 from .errors import ConfigError, WalkitError
 from .home import Home
 
@@ -173,6 +174,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     from .wal import verify
 
+    if args.bundle:
+        from .cli_offsite import cmd_verify_bundles
+
+        return cmd_verify_bundles(args)
+
     report = verify(_wal_dir(args))
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
@@ -248,6 +254,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
             raise ConfigError("--to-uri and --to-db go together")
         if bool(args.to_db) == bool(args.to_dump):
             raise ConfigError("name one destination: --to-uri URI --to-db NAME, or --to-dump DIR (or --dry-run)")
+    if args.source == "external":
+        from .cli_offsite import restore_external
+
+        return restore_external(args, target)
     home = Home(args.home)
     if not home.wal_dir.is_dir():
         raise ConfigError(f"no WAL at {home.wal_dir}: run `walkit capture` first, or give the right --home")
@@ -353,14 +363,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "verify",
-        help="prove the WAL intact",
+        help="prove the WAL (or bundles) intact",
         description=(
             "Check every record's CRC, every segment's seal, the hash chain between segments and seq "
-            "continuity. Exit 0 when intact; 1 naming the file, byte offset and reason of each problem."
+            "continuity. Exit 0 when intact; 1 naming the file, byte offset and reason of each problem. "
+            "With --bundle: check bundle files instead (decryption, every member's hashes, the WAL segment "
+            "inside, the snapshot's hashes); several bundles in a row must also form a chain."
         ),
     )
     add_home(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--bundle", nargs="+", type=Path, metavar="FILE", help="verify these bundle files (oldest first)")
+    add_age_identity(p)
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser(
@@ -402,9 +416,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to-dump", type=Path, metavar="DIR", help="write a mongodump folder instead (needs no server)")
     p.add_argument("--db", metavar="NAME", help="the source database, when the snapshot holds several")
     p.add_argument("--collections", metavar="A,B", help="restore only these collections")
-    p.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (with --from external: the bundles it would download) and change nothing")
+    p.add_argument(
+        "--from", dest="source", choices=("local", "external"), default="local",
+        help="local: this home's snapshots and WAL (default); external: the bundles on the external service alone",
+    )
+    p.add_argument("--workdir", type=Path, metavar="DIR", help="with --from external: where downloaded bundles are unpacked (default: the system's temp folder)")
+    add_age_identity(p)
+    add_provider(p)
     add_home(p)
     p.set_defaults(func=cmd_restore)
+    register(sub, add_home)
     return parser
 
 

@@ -13,8 +13,14 @@ it into one clear line and a non-zero exit code, never a traceback::
     │   └── WALCorruptError      a damaged segment: file, offset, reason
     ├── SnapshotError            a snapshot is missing, damaged or cannot be taken
     ├── RestoreError             no restore is possible as asked (names the restorable window)
-    └── QuotaError               the quota ledger cannot be read or locked; no call is made
-        └── QuotaExceededError   the window's one call is spent: next_allowed says when (exit 3)
+    ├── QuotaError               the quota ledger cannot be read or locked; no call is made
+    │   └── QuotaExceededError   the window's one call is spent: next_allowed says when (exit 3)
+    ├── BundleError              a bundle cannot be built, read, decrypted or trusted
+    └── ProviderError            the external service failed a call; ``sent`` says whether
+        │                        anything may have reached it (False: the quota is not spent)
+        ├── ProviderUnavailableError  it could not be reached at all (sent is False)
+        ├── RateLimitError       it refused a second call inside its 24 h window
+        └── StorageLimitError    the bundle is larger than it accepts or has room for
 
 Guaranteed: each message names what was wrong and what to do about it.
 """
@@ -36,6 +42,11 @@ __all__ = [
     "RestoreError",
     "QuotaError",
     "QuotaExceededError",
+    "BundleError",
+    "ProviderError",
+    "ProviderUnavailableError",
+    "RateLimitError",
+    "StorageLimitError",
 ]
 
 
@@ -106,3 +117,36 @@ class QuotaExceededError(QuotaError):
     def __init__(self, message: str, next_allowed: datetime | None) -> None:
         super().__init__(message)
         self.next_allowed = next_allowed
+
+
+class BundleError(WalkitError):
+    """A bundle cannot be built, or a stored one is damaged, foreign or cannot be decrypted."""
+
+
+class ProviderError(WalkitError):
+    """The external backup service failed a call.
+
+    ``sent`` is False only when nothing can have reached the service (so the
+    day's call is not spent); when in doubt it is True.
+    """
+
+    def __init__(self, message: str, *, sent: bool = True) -> None:
+        super().__init__(message)
+        self.sent = sent
+
+
+class ProviderUnavailableError(ProviderError):
+    """The service could not be reached at all; nothing was sent."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, sent=False)
+
+
+class RateLimitError(ProviderError):
+    """The service refused a call inside its one-call-per-24-hours window."""
+
+    exit_code = 3
+
+
+class StorageLimitError(ProviderError):
+    """The upload is larger than the service accepts or has room for."""

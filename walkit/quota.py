@@ -27,6 +27,7 @@ import fcntl
 import json
 import os
 import secrets
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -76,6 +77,8 @@ class QuotaLedger:
         self.path = self.folder / "ledger.jsonl"
         self.window = window
         self.clock = clock or SystemClock()
+        self._lock_fd: int | None = None
+        self._owner: int | None = None
 
     # -- reading -------------------------------------------------------------------
     def calls(self) -> list[Call]:
@@ -132,16 +135,28 @@ class QuotaLedger:
             "next_allowed": None if nxt is None or now >= nxt else nxt.isoformat(),
         }
 
+    def check_allowed(self) -> None:
+        """QuotaExceededError (saying when the next call is allowed) if the window's call is spent."""
+        now = self.clock.now()
+        nxt = self.next_allowed()
+        if nxt is not None and now < nxt:
+            last = self.last_spent()
+            assert last is not None
+            raise QuotaExceededError(
+                f"today's call is spent (call {last.id} at {last.at.isoformat()}, "
+                f"{'ok' if last.ok else 'failed' if last.ok is False else 'result unknown: interrupted'}); "
+                f"the next is allowed at {nxt.isoformat()}; nothing was sent",
+                nxt,
+            )
+
     # -- spending ------------------------------------------------------------------
     @contextmanager
-    def spend(self, what: dict[str, Any] | None = None) -> Iterator[Call]:
-        """Hold the lock, check the window, record the intent durably, and yield the call.
-
-        The ``with`` body makes the call and sets ``call.ref`` (or raises).  On leaving,
-        the result is recorded: ok, or the error (``call.sent = False`` before raising
-        says nothing reached the service, which leaves the quota unspent).
-        QuotaExceededError before anything is written when the window's call is spent.
-        """
+    def hold(self) -> Iterator[None]:
+        """Hold ``ledger.lock`` (re-entrant for this object in this thread), so that preparing
+        and making a call cannot overlap another process's; QuotaExceededError if it is held."""
+        if self._lock_fd is not None and self._owner == threading.get_ident():
+            yield
+            return
         self.folder.mkdir(parents=True, exist_ok=True)
         lock = os.open(self.folder / "ledger.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -152,17 +167,26 @@ class QuotaLedger:
                 raise QuotaExceededError(f"the external call is being made right now by {holder}; nothing was sent", None) from None
             os.ftruncate(lock, 0)
             os.pwrite(lock, f"walkit pid {os.getpid()}\n".encode(), 0)
+            self._lock_fd, self._owner = lock, threading.get_ident()
+            try:
+                yield
+            finally:
+                self._lock_fd, self._owner = None, None
+        finally:
+            os.close(lock)  # releases the flock
+
+    @contextmanager
+    def spend(self, what: dict[str, Any] | None = None) -> Iterator[Call]:
+        """Hold the lock, check the window, record the intent durably, and yield the call.
+
+        The ``with`` body makes the call and sets ``call.ref`` (or raises).  On leaving,
+        the result is recorded: ok, or the error (``call.sent = False`` before raising
+        says nothing reached the service, which leaves the quota unspent).
+        QuotaExceededError before anything is written when the window's call is spent.
+        """
+        with self.hold():
+            self.check_allowed()
             now = self.clock.now()
-            nxt = self.next_allowed()
-            if nxt is not None and now < nxt:
-                last = self.last_spent()
-                assert last is not None
-                raise QuotaExceededError(
-                    f"today's call is spent (call {last.id} at {last.at.isoformat()}, "
-                    f"{'ok' if last.ok else 'failed' if last.ok is False else 'result unknown: interrupted'}); "
-                    f"the next is allowed at {nxt.isoformat()}; nothing was sent",
-                    nxt,
-                )
             call = Call(f"call-{now.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}", now, dict(what or {}))
             self._append({"kind": "intent", "id": call.id, "at": now.isoformat(), "what": call.what})
             try:
@@ -173,8 +197,6 @@ class QuotaLedger:
                 raise
             call.ok = True
             self._append({"kind": "result", "id": call.id, "at": self.clock.now().isoformat(), "ok": True, "sent": True, "ref": call.ref})
-        finally:
-            os.close(lock)  # releases the flock
 
     def _append(self, record: dict[str, Any]) -> None:
         new = not self.path.exists()

@@ -64,6 +64,7 @@ class RestoreResult:
     destination: str = ""
     frames: dict[str, Any] | None = None  # pandas DataFrames, when asked for
     skipped: int = 0  # update paths that no longer fitted (fuzzy-scan overlap)
+    offsite: Any = None  # the OffsitePlan, for a restore from the external service
 
 
 def _aware(dt: datetime) -> datetime:
@@ -371,10 +372,13 @@ def _frames(state: MemoryState) -> dict[str, Any]:
 
 
 def _into_mongo(home: Home, plan: RestorePlan, result: RestoreResult, uri: str, to_db: str, database: str | None, drop: bool, progress: bool | None) -> RestoreResult:
-    dbs = sorted({e.db for e in plan.snapshot.collections})
+    dbs = sorted({e.db for e in plan.snapshot.collections} | ({plan.snapshot.database} if plan.snapshot.database else set()))
+    if not dbs and database is None:  # an empty snapshot: the databases are the ones the WAL writes to
+        dbs = sorted({ns[0] for rec in _events(home, plan) if (ns := namespace_of(rec.get("ev"))) is not None})
     source = database or (dbs[0] if len(dbs) == 1 else None)
     if source is None:
-        raise RestoreError(f"the snapshot holds several databases ({', '.join(dbs)}); name the one to restore (--db)")
+        held = f"several databases ({', '.join(dbs)})" if dbs else "no database"
+        raise RestoreError(f"the snapshot and the WAL hold {held}; name the one to restore (--db)")
     client = connect(uri)
     prefix = f"{TEMP}{secrets.token_hex(4)}."
     db = client[to_db]

@@ -372,7 +372,7 @@ class Report:
 
 
 def _time(rec: Record) -> datetime | None:
-    value = rec.get("wt")
+    value = rec.wt
     return value if isinstance(value, datetime) else None
 
 
@@ -386,6 +386,7 @@ def summarize(seg: Segment, report: Report) -> SegmentSummary:
     summary = SegmentSummary(seg.name, seg.sealed, size)
     digest = hashlib.sha256()  # of every frame before the seal, as the writer hashed them
     last_seq: int | None = None
+    newest: Record | None = None
     try:
         for rec in seg.records():
             summary.records += 1
@@ -412,9 +413,9 @@ def summarize(seg: Segment, report: Report) -> SegmentSummary:
                 report.gaps += 1
             summary.first_seq = seq if summary.first_seq is None else summary.first_seq
             summary.last_seq = seq
-            t = _time(rec)
-            summary.first_time = summary.first_time or t
-            summary.last_time = t or summary.last_time
+            if summary.first_time is None:
+                summary.first_time = _time(rec)
+            newest = rec  # its time is read once, at the end
     except FrameError as exc:
         problem = Problem(seg.name, exc.offset, exc.reason)
         if exc.torn and not seg.sealed:
@@ -423,6 +424,8 @@ def summarize(seg: Segment, report: Report) -> SegmentSummary:
             report.problems.append(problem)
     except Exception as exc:  # zstd errors and the like: the file is not what it should be
         report.problems.append(Problem(seg.name, None, f"cannot be read: {exc}"))
+    if newest is not None:
+        summary.last_time = _time(newest) or summary.first_time
     return summary
 
 

@@ -10,18 +10,24 @@ __version__ = "0.1.0"
 
 from typing import TYPE_CHECKING
 
+from .bundle import Bundle, Position, build_bundle, unpack_bundle, verify_bundle
 from .capture import CaptureStats, ChangeCapture
 from .clock import Clock, SimulatedClock, SystemClock
 from .compat import BackgroundCapture, create_wal_writer
 from .errors import (
+    BundleError,
     ConfigError,
     NotAReplicaSetError,
+    ProviderError,
+    ProviderUnavailableError,
     QuotaError,
     QuotaExceededError,
+    RateLimitError,
     RestoreError,
     SandboxError,
     ServerError,
     SnapshotError,
+    StorageLimitError,
     WALCorruptError,
     WALError,
     WalkitError,
@@ -30,10 +36,21 @@ from .errors import (
 from .events import ChangeEvent
 from .home import Home
 from .mongo import connect, describe_error, require_replica_set
+from .offsite import OffsitePlan, plan_external, restore_from_external
 from .plan import RestorePlan, Target, plan_restore
+from .providers import (
+    ExternalBackupProvider,
+    FileSystemBackupProvider,
+    MockExternalBackupProvider,
+    ObjectStoreBackupProvider,
+    make_provider,
+)
 from .quota import QuotaLedger
 from .restore import RestoreResult, restore, state_at
+from .retention import PruneReport, prune
 from .snapshot import SnapshotInfo, list_snapshots, take_snapshot
+from .status import status as backup_status
+from .upload import Policy, UploadResult, upload
 from .wal import Report, read_records, verify
 from .walwriter import WALWriter
 
@@ -78,6 +95,30 @@ __all__ = [
     "state_at",
     "RestoreResult",
     "QuotaLedger",
+    "BundleError",
+    "ProviderError",
+    "ProviderUnavailableError",
+    "RateLimitError",
+    "StorageLimitError",
+    "Bundle",
+    "Position",
+    "build_bundle",
+    "verify_bundle",
+    "unpack_bundle",
+    "ExternalBackupProvider",
+    "MockExternalBackupProvider",
+    "FileSystemBackupProvider",
+    "ObjectStoreBackupProvider",
+    "make_provider",
+    "upload",
+    "Policy",
+    "UploadResult",
+    "plan_external",
+    "restore_from_external",
+    "OffsitePlan",
+    "prune",
+    "PruneReport",
+    "backup_status",
 ]
 
 if TYPE_CHECKING:

@@ -29,6 +29,7 @@ bench: $(BIN)/.installed
 	$(BIN)/python bench/bench_sandbox.py
 	$(BIN)/python bench/bench_wal.py
 	$(BIN)/python bench/bench_restore.py
+	$(BIN)/python bench/bench_bundle.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

@@ -8,7 +8,8 @@ each fsynced before the next step::
 
 A call is *spent* once its intent is on disk, unless its result says nothing
 was sent (``sent: false``, e.g. the service could not be reached at all).
-An intent without a result (a crash during the call) counts as spent: walkit
+An intent without a result (a crash during the call, or an interruption such
+as Ctrl-C: whether the call went through is unknown) counts as spent: walkit
 never risks a second call in a window.  Windows: ``rolling`` (24 h after the
 last spent call, as the service enforces) or ``calendar`` (the next calendar
 day in a time zone).  ``HOME/quota/ledger.lock`` (flock) is held from the
@@ -191,7 +192,7 @@ class QuotaLedger:
             self._append({"kind": "intent", "id": call.id, "at": now.isoformat(), "what": call.what})
             try:
                 yield call
-            except BaseException as exc:
+            except Exception as exc:
                 call.ok, call.error = False, f"{type(exc).__name__}: {exc}"
                 self._append({"kind": "result", "id": call.id, "at": self.clock.now().isoformat(), "ok": False, "sent": call.sent, "error": call.error})
                 raise

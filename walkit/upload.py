@@ -169,8 +169,11 @@ def prepare_bundle(
     _, snap_index = _last_offsite_snapshot(calls)
     keep_from = after.index + 1 if snapshot is not None else (snap_index or 1)
     folder = out or bundles_dir(home)
+    folder.mkdir(parents=True, exist_ok=True)
     bundle = build_bundle(home, folder, after=after, snapshot=snapshot, recipients=recipients, keep_from=keep_from, clock=clock, progress=progress)
-    if provider is not None:
+    if provider is None:
+        return bundle
+    try:
         refusal = provider.limits().refusal(bundle.size)
         if refusal and snapshot is not None:
             notes.append(f"with its snapshot the bundle would be refused ({refusal}); sending the WAL only")
@@ -178,8 +181,11 @@ def prepare_bundle(
             bundle = build_bundle(home, folder, after=after, snapshot=None, recipients=recipients, keep_from=snap_index or 1, clock=clock, progress=progress)
             refusal = provider.limits().refusal(bundle.size)
         if refusal:
-            bundle.path.unlink()
             raise StorageLimitError(f"the bundle would be refused: {refusal}; nothing was sent and today's call is not spent", sent=False)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            bundle.path.unlink()
+        raise
     return bundle
 
 
@@ -199,27 +205,32 @@ def upload(
     clock = clock or ledger.clock or SystemClock()
     with ledger.hold():  # from the check to the result: a second process is refused at once
         ledger.check_allowed()  # refuse before building anything
-        _remove_leftovers(bundles_dir(home))
+        _remove_leftovers(bundles_dir(home), ledger)
+        if not provider.health_check():
+            raise ProviderUnavailableError(f"{provider.name} is down (its health check fails); nothing was sent and today's call is not spent")
         notes: list[str] = []
+        if ledger.window == "calendar" and getattr(provider, "rate_limit_hours", 0):
+            notes.append(f"{provider.name} enforces a rolling {provider.rate_limit_hours:g} h window; with a calendar window a call less than that after the last one is refused (and spent)")
         bundle = prepare_bundle(home, ledger, provider, policy=policy, recipients=recipients, uri=uri, clock=clock, notes=notes, progress=progress)
         return _send(bundle, provider, ledger, notes, keep_bundle)
 
 
-def _remove_leftovers(folder: Path) -> None:
-    """Bundles a crashed upload left behind (the ledger lock is held: no upload is running)."""
-    if folder.is_dir():
-        for stale in folder.iterdir():
-            if stale.name.startswith((".tmp-", "walkit-")):
-                with contextlib.suppress(OSError):
-                    shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+def _remove_leftovers(folder: Path, ledger: QuotaLedger) -> None:
+    """What a crashed build or upload left behind (the ledger lock is held: no upload is running).
+    Bundles kept on purpose (``keep_bundle``) after a successful call stay."""
+    if not folder.is_dir():
+        return
+    kept = {c.what.get("name") for c in ledger.calls() if c.ok}
+    for stale in folder.iterdir():
+        if stale.name.startswith(".tmp-") or (stale.name.startswith("walkit-") and stale.name not in kept):
+            with contextlib.suppress(OSError):
+                shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
 
 
 def _send(bundle: Bundle, provider: ExternalBackupProvider, ledger: QuotaLedger, notes: list[str], keep_bundle: bool) -> UploadResult:
     try:
         if bundle.empty:
             return UploadResult(bundle, skipped="nothing new since the last successful upload; the call is not spent", notes=notes)
-        if not provider.health_check():
-            raise ProviderUnavailableError(f"{provider.name} does not answer its health check; nothing was sent and today's call is not spent")
         metadata = bundle.metadata()
         with ledger.spend(metadata) as call:
             try:

@@ -305,6 +305,7 @@ class _Slicer:
     def __init__(self, wal_dir: Path, after: Position) -> None:
         self.wal_dir, self.after = wal_dir, after
         self.expected = after.last_seq + 1
+        self.seen = 0  # the highest seq the WAL holds
         self.events = self.gaps = self.records = 0
         self.first: tuple[str, bytes] | None = None  # kind and body of the first frame included
         self.last: tuple[str, bytes] | None = None  # ... and of the last
@@ -323,15 +324,24 @@ class _Slicer:
                     "its segments were removed or lost, so no bundle can continue the chain; take a snapshot and see `walkit verify`"
                 )
         for seg in segments[start:]:
-            with seg.open() as f:
-                data = f.read()
+            try:
+                with seg.open() as f:
+                    data = f.read()
+            except (OSError, zstandard.ZstdError) as exc:
+                raise BundleError(f"{seg.name}: cannot be read ({exc}); the local WAL is damaged there, run `walkit verify`") from None
             yield from self._scan(memoryview(data), seg, tail=not seg.sealed and seg is segments[-1])
+        if self.seen < self.after.last_seq:
+            raise BundleError(
+                f"the local WAL ends at seq {self.seen}, but the last upload already reached seq {self.after.last_seq}: "
+                "this home is not the one whose WAL was uploaded (or its newest segments were lost)"
+            )
 
     def _scan(self, mv: memoryview, seg: Segment, tail: bool) -> Iterator[memoryview]:
         from .wal import _I64, _KIND_AT, _SEQ_AT, FRAME, MAX_RECORD, _frame_follows
 
         pos, n, run, last = 0, len(mv), -1, (0, 0)
         unpack, crc32, after = FRAME.unpack_from, zlib.crc32, self.after
+        digest, sealed = hashlib.sha256(), False
         while pos < n:
             bad, end = "", n
             if n - pos < FRAME.size:
@@ -355,8 +365,15 @@ class _Slicer:
             body = mv[b:end]
             kind = chr(mv[b + 11]) if mv[b + 4 : b + 11] == _KIND_AT and mv[b + 12] == 0 else _kind_of(body)
             take = False
+            if kind == "s":
+                if Record("s", bytes(body), seg.name, pos, 0).get("sha256") != digest.hexdigest() or end != n:
+                    raise BundleError(f"{seg.name} at byte {pos}: its seal does not match its records; the local WAL is damaged there, run `walkit verify`")
+                sealed = True
+            else:
+                digest.update(mv[pos:end])
             if kind in ("e", "g"):
                 seq = _I64.unpack_from(mv, b + 18)[0] if mv[b + 13 : b + 18] == _SEQ_AT else int(Record(kind, bytes(body), seg.name, pos, 0).seq or 0)
+                self.seen = max(self.seen, seq)
                 if seq > after.last_seq:
                     if seq != self.expected:
                         raise BundleError(
@@ -390,6 +407,8 @@ class _Slicer:
         else:
             if run >= 0:
                 yield mv[run:n]
+        if seg.sealed and not sealed:
+            raise BundleError(f"{seg.name}: a sealed segment without its seal (cut short); the local WAL is damaged there, run `walkit verify`")
         if self.last is not None and not self.last[1] and last[1]:
             self.last = (self.last[0], bytes(mv[last[0] : last[1]]))
 
@@ -415,8 +434,8 @@ def _header_first_seq(seg: Segment) -> int | None:
     try:
         for rec in seg.records():
             return int(rec.get("first_seq")) if rec.kind == "h" and rec.get("first_seq") is not None else None
-    except FrameError:
-        return None
+    except (FrameError, OSError, zstandard.ZstdError):
+        return None  # reading it through says what is wrong
     return None
 
 
@@ -534,6 +553,7 @@ def build_bundle(
                 "snapshot": snap_entry,
                 "members": members,
             }
+            manifest["manifest_sha256"] = manifest_digest(manifest)
             text = json.dumps(manifest, indent=1, sort_keys=True).encode()
             with tar.member(MANIFEST) as sink:
                 sink.write(text)
@@ -541,10 +561,13 @@ def build_bundle(
             f.flush()
             os.fsync(f.fileno())
         if verify:
-            with tempfile.TemporaryDirectory(prefix=".tmp-check-", dir=final.parent) as scratch:
-                check = unpack_bundle(plain, scratch)
-                check.path = final
-                check_contents(check, Path(scratch), after if after.index else None)
+            try:
+                with tempfile.TemporaryDirectory(prefix=".tmp-check-", dir=final.parent) as scratch:
+                    check = unpack_bundle(plain, scratch)
+                    check.path = final
+                    check_contents(check, Path(scratch), after if after.index else None)
+            except BundleError as exc:
+                raise BundleError(f"the bundle just built does not read back: {str(exc).replace(str(plain), final.name)}") from None
         if recipients:
             _encrypt(plain, tmp, recipients)
             plain.unlink()
@@ -615,7 +638,9 @@ def _plain_tar(path: Path, identities: Sequence[Any] | None, scratch: Path) -> I
         with path.open("rb") as fin, plain.open("wb") as fout:
             pyrage.decrypt_io(fin, fout, list(identities))
     except pyrage.DecryptError as exc:
-        raise BundleError(f"{path}: cannot decrypt with the key in WALKIT_AGE_IDENTITY ({exc}); is it the identity of the bundle's recipient?") from None
+        if "no matching keys" in str(exc).lower():
+            raise BundleError(f"{path}: cannot decrypt with the key in WALKIT_AGE_IDENTITY ({exc}); is it the identity of the bundle's recipient?") from None
+        raise BundleError(f"{path}: cannot decrypt ({exc}): the file is truncated or altered") from None
     except OSError as exc:
         raise BundleError(f"{path}: cannot decrypt ({exc}): the file is truncated or altered") from None
     yield plain, True
@@ -650,16 +675,9 @@ def _load_manifest(tar: tarfile.TarFile, infos: list[tarfile.TarInfo], shown: Pa
             raise ValueError("not a walkit bundle manifest")
         if data.get("version") != VERSION:
             raise BundleError(f"{shown}: bundle version {data.get('version')!r} is not one this walkit reads ({VERSION}); upgrade walkit")
-        for key in ("id", "index", "wal", "members"):
-            if key not in data:
-                raise ValueError(f"no {key!r}")
-        int(data["index"])
-        for name, spec in data["members"].items():
-            if not _MEMBER_RE.match(name) or ".." in name.split("/") or not isinstance(spec, dict):
-                raise ValueError(f"member name {name!r} is not allowed")
-            for key in ("sha256", "size", "raw_sha256", "raw_size"):
-                if key not in spec:
-                    raise ValueError(f"member {name!r} has no {key!r}")
+        _check_shape(data)
+        if data.get("manifest_sha256") != manifest_digest(data):
+            raise ValueError("its own checksum does not match (a field was altered)")
         return data
     except BundleError:
         raise
@@ -667,9 +685,53 @@ def _load_manifest(tar: tarfile.TarFile, infos: list[tarfile.TarInfo], shown: Pa
         raise BundleError(f"{shown}: {MANIFEST} is damaged ({type(exc).__name__}: {exc})") from None
 
 
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """The SHA-256 of the manifest's canonical JSON without its own ``manifest_sha256``."""
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _check_shape(data: dict[str, Any]) -> None:
+    """ValueError unless the manifest has every field, of the right type, that walkit relies on."""
+
+    def need(obj: Any, key: str, kind: Any, where: str) -> Any:
+        if not isinstance(obj, dict) or key not in obj or not isinstance(obj[key], kind) or isinstance(obj[key], bool) and kind is not bool:
+            raise ValueError(f"{where}{key} is missing or not {getattr(kind, '__name__', kind)}")
+        return obj[key]
+
+    index = need(data, "index", int, "")
+    need(data, "id", str, "")
+    need(data, "created", str, "")
+    members = need(data, "members", dict, "")
+    wal = need(data, "wal", dict, "")
+    for key in ("segment", "first_seq", "last_seq", "events", "gaps", "records"):
+        need(wal, key, int, "wal.")
+    for key in ("prev", "seal", "member"):
+        need(wal, key, str, "wal.")
+    if wal["member"] != f"wal/seg-{index:08d}.wal.zst" or wal["member"] not in members or wal["segment"] != index:
+        raise ValueError(f"wal.member {wal['member']!r} is not this bundle's segment")
+    for name, spec in members.items():
+        if not _MEMBER_RE.match(name) or not _safe_name(name):
+            raise ValueError(f"member name {name!r} is not allowed")
+        for key in ("size", "raw_size"):
+            need(spec, key, int, f"members[{name!r}].")
+        for key in ("sha256", "raw_sha256"):
+            need(spec, key, str, f"members[{name!r}].")
+    snap = data.get("snapshot")
+    if snap is not None:
+        need(data, "snapshot", dict, "")
+        need(snap, "id", str, "snapshot.")
+        need(snap, "end_wall", str, "snapshot.")
+        if "snapshot/manifest.json.zst" not in members:
+            raise ValueError("the snapshot's manifest is not among the members")
+    keep = data.get("keep_from")
+    if not isinstance(keep, int) or not 1 <= keep <= index:
+        raise ValueError(f"keep_from {keep!r} is not a bundle index from 1 to {index}")
+
+
 def _safe_name(name: str) -> bool:
     parts = name.split("/")
-    return not (name.startswith("/") or "\\" in name or ".." in parts or "" in parts or "." in parts)
+    return not (name.startswith("/") or ".." in parts or "" in parts or "." in parts)
 
 
 def _check_infos(infos: list[tarfile.TarInfo], manifest: dict[str, Any], shown: Path) -> None:
@@ -698,7 +760,7 @@ def _check_infos(infos: list[tarfile.TarInfo], manifest: dict[str, Any], shown: 
 def read_manifest(path: str | os.PathLike[str], identities: Sequence[Any] | None = None) -> Bundle:
     """The bundle's manifest (decrypting it when needed) without checking its members."""
     path = Path(path)
-    with tempfile.TemporaryDirectory(prefix="walkit-bundle-", dir=path.parent) as scratch:
+    with tempfile.TemporaryDirectory(prefix="walkit-bundle-", dir=path.parent if os.access(path.parent, os.W_OK) else None) as scratch:
         with _plain_tar(path, identities, Path(scratch)) as (plain, encrypted), _open_tar(plain, path) as tar:
             manifest = _load_manifest(tar, _members(tar, path), path)
     return Bundle(path, manifest, path.stat().st_size, _sha256(path), encrypted)
@@ -708,33 +770,31 @@ def unpack_bundle(path: str | os.PathLike[str], dest: str | os.PathLike[str], id
     """Extract a bundle into ``dest``: ``wal/seg-N.wal.zst`` as stored (a sealed WAL segment)
     and ``snapshot/`` decompressed (a mongodump folder with walkit's manifest).
 
-    Every member is checked (name, type, size, both hashes) as it is written;
-    on any problem BundleError names it and ``dest`` is left without the bundle's files.
-    ``snapshot=False`` leaves the snapshot's members in the archive (unread).
+    Every member is checked (name, type, size, both hashes) into a scratch folder inside
+    ``dest``; only when all passed are the files moved into place.  On any problem
+    BundleError names it and ``dest`` is as it was.  ``snapshot=False`` leaves the
+    snapshot's members in the archive (unread).
     """
     path, dest = Path(path), Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-    try:
-        with tempfile.TemporaryDirectory(prefix="walkit-bundle-", dir=dest) as scratch:
-            with _plain_tar(path, identities, Path(scratch)) as (plain, encrypted), _open_tar(plain, path) as tar:
-                infos = _members(tar, path)
-                manifest = _load_manifest(tar, infos, path)
-                _check_infos(infos, manifest, path)
-                for info in infos:
-                    if info.name == MANIFEST or (not snapshot and info.name.startswith("snapshot/")):
-                        continue
-                    spec = manifest["members"][info.name]
-                    target = dest / (info.name if info.name.startswith("wal/") else info.name[: -len(".zst")])
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    written.append(target)
-                    _extract(tar, info, spec, target, keep_compressed=info.name.startswith("wal/"), shown=path)
-        return Bundle(path, manifest, path.stat().st_size, _sha256(path), encrypted)
-    except BaseException:
-        for p in written:
-            with contextlib.suppress(OSError):
-                p.unlink()
-        raise
+    with tempfile.TemporaryDirectory(prefix=".walkit-unpack-", dir=dest) as scratch:
+        work = Path(scratch) / "out"
+        with _plain_tar(path, identities, Path(scratch)) as (plain, encrypted), _open_tar(plain, path) as tar:
+            infos = _members(tar, path)
+            manifest = _load_manifest(tar, infos, path)
+            _check_infos(infos, manifest, path)
+            for info in infos:
+                if info.name == MANIFEST or (not snapshot and info.name.startswith("snapshot/")):
+                    continue
+                spec = manifest["members"][info.name]
+                target = work / (info.name if info.name.startswith("wal/") else info.name[: -len(".zst")])
+                target.parent.mkdir(parents=True, exist_ok=True)
+                _extract(tar, info, spec, target, keep_compressed=info.name.startswith("wal/"), shown=path)
+        for src in sorted(p for p in work.rglob("*") if p.is_file()):
+            final = dest / src.relative_to(work)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, final)
+    return Bundle(path, manifest, path.stat().st_size, _sha256(path), encrypted)
 
 
 def _extract(tar: tarfile.TarFile, info: tarfile.TarInfo, spec: dict[str, Any], target: Path, *, keep_compressed: bool, shown: Path) -> None:
@@ -745,7 +805,8 @@ def _extract(tar: tarfile.TarFile, info: tarfile.TarInfo, spec: dict[str, Any], 
     dctx = zstandard.ZstdDecompressor()
     try:
         with target.open("wb") as out:
-            reader = dctx.stream_reader(_Tee(src, digest, out if keep_compressed else None), read_across_frames=False)
+            tee = _Tee(src, digest, out if keep_compressed else None)
+            reader = dctx.stream_reader(tee, read_across_frames=False)
             while chunk := reader.read(CHUNK):
                 raw_size += len(chunk)
                 if raw_size > limit:
@@ -753,7 +814,7 @@ def _extract(tar: tarfile.TarFile, info: tarfile.TarInfo, spec: dict[str, Any], 
                 raw_digest.update(chunk)
                 if not keep_compressed:
                     out.write(chunk)
-            while src.read(CHUNK):  # whatever follows the frame is hashed too (and then fails the check)
+            while tee.read(CHUNK):  # whatever follows the frame is hashed too (and then fails the check)
                 pass
             out.flush()
             os.fsync(out.fileno())
@@ -791,7 +852,7 @@ def verify_bundle(path: str | os.PathLike[str], identities: Sequence[Any] | None
     (CRCs, header, seal, seq continuity, matching the manifest), the snapshot's own hashes,
     and with ``prev`` that the bundle continues that chain.  BundleError at the first problem."""
     path = Path(path)
-    with tempfile.TemporaryDirectory(prefix="walkit-verify-", dir=path.parent) as scratch:
+    with tempfile.TemporaryDirectory(prefix="walkit-verify-", dir=path.parent if os.access(path.parent, os.W_OK) else None) as scratch:
         bundle = unpack_bundle(path, scratch, identities)
         check_contents(bundle, Path(scratch), prev)
     return bundle
@@ -811,6 +872,8 @@ def check_contents(bundle: Bundle, folder: Path, prev: Position | None = None, *
         raise BundleError(f"{shown}: its WAL segment is damaged: {problem}")
     header = summary.header
     checks = [
+        (report.events == wal["events"] and report.gaps == wal["gaps"], "event and gap counts"),
+        (summary.records - 2 == wal["records"], "record count"),
         (header.get("segment") == int(wal["segment"]) == bundle.index, "segment number"),
         (header.get("prev") == wal["prev"], "chain hash (prev)"),
         (int(header.get("first_seq") or 0) == int(wal["first_seq"]), "first seq"),
@@ -832,8 +895,10 @@ def check_contents(bundle: Bundle, folder: Path, prev: Position | None = None, *
             snap = load_snapshot(folder / "snapshot")
         except SnapshotError as exc:
             raise BundleError(f"{shown}: its snapshot is unreadable: {exc}") from None
-        if snap.id != m["snapshot"]["id"]:
-            raise BundleError(f"{shown}: its snapshot is {snap.id}, the manifest says {m['snapshot']['id']}")
+        told, held = m["snapshot"], snap.as_dict() | {"end_wall": snap.end_wall.isoformat()}
+        for key in ("id", "start", "end", "end_wall", "wal_seq_before", "wal_seq_after", "documents"):
+            if told.get(key) != held.get(key):
+                raise BundleError(f"{shown}: the manifest's snapshot {key} ({told.get(key)!r}) is not the snapshot's ({held.get(key)!r})")
         got = {}
         for rel in _snapshot_files(snap)[1:]:
             got[rel] = _sha256(folder / "snapshot" / rel) if (folder / "snapshot" / rel).exists() else ""

@@ -41,7 +41,7 @@ import tarfile
 import tempfile
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, BinaryIO
@@ -121,7 +121,6 @@ class Bundle:
     size: int = 0
     sha256: str = ""  # of the file as stored (encrypted or not)
     encrypted: bool = False
-    problems: list[str] = field(default_factory=list)
 
     @property
     def index(self) -> int:

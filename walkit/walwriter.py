@@ -72,7 +72,7 @@ MISSING_ADVICE = (
 
 
 def fsync_dir(path: Path) -> None:
-    """Make a folder's entries (created, renamed, removed files) durable."""
+    """Make a folder's entries (created, renamed, removed files) durable; given a file, its data."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -22,7 +22,6 @@ stores are as durable as they say they are once a write returns.
 from __future__ import annotations
 
 import json
-import os
 import posixpath
 from contextlib import ExitStack
 from pathlib import Path
@@ -117,7 +116,7 @@ class ObjectStoreBackupProvider(ExternalBackupProvider):
                 size, sha = _copy(src, f.write)
                 f.close()
                 if self._local:
-                    _fsync_file(blob)
+                    fsync_dir(Path(blob))  # a file: its data
                 record = {
                     "format": FORMAT,
                     "ref": name,
@@ -297,14 +296,6 @@ def _object_name(name: Any) -> str:
 def _protocols(fs: Any) -> tuple[str, ...]:
     proto = fs.protocol
     return (proto,) if isinstance(proto, str) else tuple(proto)
-
-
-def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _describe(exc: BaseException) -> str:

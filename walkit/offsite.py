@@ -140,26 +140,42 @@ def list_offsite(provider: ExternalBackupProvider) -> list[OffsiteBundle]:
 
 
 def resolve_chain(bundles: Sequence[OffsiteBundle]) -> Chain:
-    """Follow the chain from the first bundle (``prev`` empty), taking the branch that reaches furthest."""
+    """Follow the chain from its first bundle, taking the branch that reaches furthest.
+
+    The first bundle is the one with an empty ``prev``; when the provider pruned the oldest
+    bundles (as ``keep_from`` allows), it is the oldest one holding a snapshot whose ``prev``
+    is not listed and whose index is at most the newest bundle's ``keep_from``.
+    """
     children: dict[str, list[OffsiteBundle]] = {}
     for b in bundles:
         children.setdefault(str(b.meta.get("prev") or ""), []).append(b)
-
-    def furthest(prev: str, depth: int = 0) -> list[OffsiteBundle]:
-        best: list[OffsiteBundle] = []
-        if depth > 100_000:
-            return best
-        for child in children.get(prev, []):
-            path = [child, *furthest(str(child.meta["seal"]), depth + 1)] if child.meta["seal"] != prev else [child]
-            if not best or (path[-1].last_seq, -len(path)) > (best[-1].last_seq, -len(best)):
-                best = path
-        return best
-
-    chain = furthest("")
-    used = {id(b) for b in chain}
-    end_seq = chain[-1].last_seq if chain else 0
+    roots = children.get("", [])
+    if not roots and bundles:
+        seals = {str(b.meta["seal"]) for b in bundles}
+        newest = max(bundles, key=lambda b: (b.index, b.last_seq))
+        keep = int(newest.meta.get("keep_from") or newest.index)
+        roots = [b for b in bundles if str(b.meta.get("prev") or "") not in seals and b.snapshot and b.index <= keep]
+    # the longest path from each root, without recursion: a chain of years of daily bundles is deep
+    best: list[OffsiteBundle] = []
+    for root in sorted(roots, key=lambda b: (b.index, b.uploaded_at)):
+        stack: list[list[OffsiteBundle]] = [[root]]
+        while stack:
+            path = stack.pop()
+            tip = path[-1]
+            nexts = [c for c in children.get(str(tip.meta["seal"]), []) if c is not tip and c not in path]
+            if not nexts:
+                if not best or (tip.last_seq, -len(path)) > (best[-1].last_seq, -len(best)):
+                    best = path
+                continue
+            if len(nexts) == 1:
+                path.append(nexts[0])  # the common case: extend in place
+                stack.append(path)
+            else:
+                stack.extend(path + [c] for c in nexts)
+    used = {id(b) for b in best}
+    end_seq = best[-1].last_seq if best else 0
     orphans = [b for b in bundles if id(b) not in used and b.last_seq > end_seq]
-    return Chain(chain, sorted(orphans, key=lambda b: (b.index, b.uploaded_at)))
+    return Chain(best, sorted(orphans, key=lambda b: (b.index, b.uploaded_at)))
 
 
 @dataclass
@@ -226,6 +242,7 @@ def plan_external(provider: ExternalBackupProvider, target: Target) -> OffsitePl
     snap_bundle = max(usable, key=lambda b: (b.snapshot_wall or datetime.min.replace(tzinfo=timezone.utc), b.index))
     seq_before = int(snap_bundle.snapshot.get("wal_seq_before") or 0)  # type: ignore[union-attr]
     start = next((i for i, b in enumerate(chain.bundles) if b.last_seq >= seq_before and (seq_before or i == 0)), 0)
+    start = min(start, chain.bundles.index(snap_bundle))
     stop = next(i for i, b in enumerate(chain.bundles) if _covers(b, target))
     stop = max(stop, chain.bundles.index(snap_bundle))
     return OffsitePlan(target, chain, snap_bundle, chain.bundles[start : stop + 1])
@@ -274,7 +291,7 @@ def restore_from_external(
                     raise BundleError(f"{b.ref}: holds bundle {bundle.manifest.get('id')}, the listing says {b.meta.get('id')}")
                 check_contents(bundle, folder, prev, snapshot=with_snapshot)
             except BundleError as exc:
-                raise RestoreError(f"bundle {b.index} from the external service cannot be used: {exc}") from None
+                raise RestoreError(f"bundle {b.index} from the external service cannot be used: {str(exc).replace(str(blob), b.ref)}") from None
             blob.unlink()
             seg = folder / bundle.manifest["wal"]["member"]
             seg.rename(home.wal_dir / seg.name)

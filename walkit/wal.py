@@ -275,6 +275,10 @@ def list_segments(wal_dir: Path) -> Listing:
     found: dict[int, Segment] = {}
     for path in sorted(wal_dir.iterdir()):
         match = SEGMENT_RE.match(path.name)
+        if match and not match.group(2) and not path.is_file():
+            sealed_copy = path.with_name(path.name + ".zst")  # compressed and removed since the folder was listed
+            if sealed_copy.is_file():
+                path, match = sealed_copy, SEGMENT_RE.match(sealed_copy.name)
         if not match or not path.is_file():
             if not path.name.endswith(".tmp"):
                 out.strangers.append(path)

@@ -187,6 +187,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     ledger = _ledger(args, home)
     wal_days = args.wal_days if args.wal_days is not None else settings.env_float("WAL_RETENTION_DAYS", 7)
     snap_days = args.snapshot_days if args.snapshot_days is not None else settings.env_float("SNAPSHOT_RETENTION_DAYS", 30)
+    for flag, value in (("--wal-days", wal_days), ("--snapshot-days", snap_days)):
+        if value < 0:
+            raise ConfigError(f"{flag} must be >= 0 days, got {value:g}")
     report = prune(home, ledger, wal_days=wal_days, snapshot_days=snap_days, dry_run=args.dry_run)
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))

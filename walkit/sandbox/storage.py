@@ -6,6 +6,9 @@ its only user here):
 - documents are keyed by ``_id`` as MongoDB compares it: ``1``, ``1.0`` and
   ``NumberDecimal("1")`` are one key, ``true`` and ``1`` two, and a
   Decimal128 or document ``_id`` works (mongomock-ng uses a plain dict);
+- a filter that is just ``{_id: value}`` finds its document by key, not by
+  scanning the collection (as MongoDB uses the ``_id`` index), so updates
+  and deletes by ``_id`` cost the same whatever the collection's size;
 - ``$inc`` and ``$mul`` follow MongoDB's numeric types (int32 < int64 <
   double < decimal; int32 overflow widens to int64, int64 overflow is an
   error); mongomock-ng's ``$inc`` turns NumberLong into a plain int and it
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import decimal
+import re
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
@@ -25,6 +29,8 @@ import mongomock_ng.collection
 import mongomock_ng.store
 from bson.decimal128 import Decimal128, create_decimal128_context
 from bson.int64 import Int64
+from bson.regex import Regex
+from mongomock_ng.filtering import filter_applies
 
 from .wire import CODEC
 
@@ -84,6 +90,24 @@ def _set_documents(store: Any, value: Any) -> None:
 
 
 mongomock_ng.store.CollectionStore._documents = property(_get_documents, _set_documents)
+
+_scan_documents = mongomock_ng.collection.Collection._iter_documents
+
+
+def _iter_documents(self: Any, filter: Any) -> Any:  # noqa: A002 - mongomock-ng's name
+    """``{_id: value}`` (a plain value, not an operator, regex, document or array) by key."""
+    if type(filter) is dict and len(filter) == 1 and "_id" in filter:
+        value = filter["_id"]
+        if not isinstance(value, (dict, list, tuple, re.Pattern, Regex)):
+            store = self._store
+            store._remove_expired_documents()
+            with store._rwlock.reader():
+                doc = store._documents.get(value)
+            return iter(() if doc is None or not filter_applies(filter, doc) else (doc,))
+    return _scan_documents(self, filter)
+
+
+mongomock_ng.collection.Collection._iter_documents = _iter_documents
 
 
 # -- arithmetic update operators ---------------------------------------------------

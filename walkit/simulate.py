@@ -1,0 +1,472 @@
+"""Many days in seconds, through the real code: the workload, capture, snapshots, the daily call.
+
+:func:`simulate` runs the embedded sandbox on a :class:`~walkit.clock.SimulatedClock`,
+``ChangeCapture`` into a real WAL, local snapshots every few hours, and at the
+backup hour :func:`walkit.upload` into a :class:`MockExternalBackupProvider`
+(with its own one-call-per-24 h limit and a failure rate) under a real
+:class:`QuotaLedger`.  The workload is a seeded random mix of inserts, updates
+and deletes over a bounded key space, shaped over the day (busier in office
+hours), written as a few ``bulk_write`` calls per fifteen simulated minutes.  It returns
+tidy pandas DataFrames (one row per write, snapshot and upload attempt; the
+recovery-point series; restorable windows) and a summary.
+
+Deterministic for a given seed: the same writes at the same simulated times,
+the same failed days, the same outcomes.  Bundle ids (and so a few bytes of
+bundle sizes) are random.  Not a benchmark of MongoDB: the sandbox is
+in-process and in-memory.
+
+The recovery point (hours of data lost) if a disaster struck at each sampled
+instant, for walkit and two baselines a reader might choose instead:
+
+- ``walkit_db_lost``: the database is lost, the local disk is not: only what
+  capture had not yet fsynced is lost (``CAPTURE_LAG_SECONDS``, the bound of
+  capture's ``--fsync-interval``);
+- ``walkit_site_lost``: the whole site is lost: everything since the newest
+  successful upload (which covered every change up to its call);
+- ``daily_dump_site_lost``: one full dump a day at the backup hour, no WAL,
+  failing on the same days;
+- ``snapshots_db_lost``: local snapshots every ``baseline_snapshot_hours``,
+  no WAL (database lost, disk intact).
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+__all__ = ["simulate", "compare_policies", "SimulationResult", "CAPTURE_LAG_SECONDS", "DAILY_SHAPE"]
+
+#: The database-loss recovery point with the WAL: capture's default fsync interval.
+CAPTURE_LAG_SECONDS = 0.2
+#: Relative write rate per hour of the day (UTC): quiet nights, busy office hours.
+DAILY_SHAPE = (1, 1, 1, 1, 1, 2, 3, 5, 8, 10, 10, 10, 9, 10, 10, 10, 9, 8, 6, 5, 4, 3, 2, 1)
+BUCKET = timedelta(minutes=15)
+PER_DAY = int(timedelta(days=1) / BUCKET)
+DATABASE = "sim"
+ORDER = {"insert": 0, "update": 1, "delete": 2}
+
+
+@dataclass
+class SimulationResult:
+    """What :func:`simulate` returns (see the module docstring)."""
+
+    events: Any
+    snapshots: Any
+    uploads: Any
+    recovery: Any
+    windows: Any
+    summary: dict[str, Any]
+    params: dict[str, Any]
+    second_call_refused: bool = False
+    home: Path | None = None
+    offsite: Path | None = None
+    restore_failures: list[str] = field(default_factory=list)
+
+
+class _Workload:
+    """A seeded stream of writes over a bounded key space."""
+
+    def __init__(self, rng: random.Random, keyspace: int) -> None:
+        self.rng, self.keyspace = rng, keyspace
+        self.live: dict[str, list[int]] = {"orders": [], "customers": []}
+        self.index: dict[str, dict[int, int]] = {"orders": {}, "customers": {}}
+        self.free: dict[str, list[int]] = {c: list(range(keyspace)) for c in self.live}
+        self.freed: dict[str, list[int]] = {c: [] for c in self.live}  # deleted in this batch: reusable after it
+
+    def end_batch(self) -> None:
+        for coll, keys in self.freed.items():
+            self.free[coll].extend(keys)
+            keys.clear()
+
+    def _take_live(self, coll: str) -> int:
+        live, index = self.live[coll], self.index[coll]
+        pos = self.rng.randrange(len(live))
+        key = live[pos]
+        live[pos] = live[-1]
+        index[live[pos]] = pos
+        live.pop()
+        del index[key]
+        return key
+
+    def _add_live(self, coll: str, key: int) -> None:
+        self.index[coll][key] = len(self.live[coll])
+        self.live[coll].append(key)
+
+    def next(self) -> tuple[str, str, int, Any]:
+        """(op, collection, key, pymongo request)."""
+        from pymongo import DeleteOne, InsertOne, UpdateOne
+
+        rng = self.rng
+        coll = "orders" if rng.random() < 0.8 else "customers"
+        live, free = self.live[coll], self.free[coll]
+        roll = rng.random()
+        op = "update" if roll < 0.45 else "insert" if roll < 0.75 else "delete"
+        if op == "insert" and not free:
+            op = "update"
+        if op != "insert" and not live:
+            op = "insert"
+        if op == "insert":
+            key = free.pop(rng.randrange(len(free)))
+            self._add_live(coll, key)
+            doc = {"_id": key, "n": 0, "status": "new", "amount": round(rng.random() * 100, 2), "tags": [coll[:-1]]}
+            return op, coll, key, InsertOne(doc)
+        if op == "delete":
+            key = self._take_live(coll)
+            self.freed[coll].append(key)
+            return op, coll, key, DeleteOne({"_id": key})
+        key = live[rng.randrange(len(live))]
+        status = rng.choice(("new", "paid", "shipped", "returned"))
+        return op, coll, key, UpdateOne({"_id": key}, {"$inc": {"n": 1}, "$set": {"status": status}})
+
+
+def _day_times(rng: random.Random, day_start: datetime, writes: int) -> list[int]:
+    """How many writes fall into each bucket of the day (a multinomial draw on DAILY_SHAPE)."""
+    buckets = PER_DAY
+    per_hour = int(timedelta(hours=1) / BUCKET)
+    weights = [DAILY_SHAPE[b // per_hour] for b in range(buckets)]
+    counts = [0] * buckets
+    for b in rng.choices(range(buckets), weights=weights, k=writes):
+        counts[b] += 1
+    return counts
+
+
+def _wait_for(cap: Any, events: int, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while cap.stats.events < events:
+        if time.monotonic() > deadline:
+            from .errors import WalkitError
+
+            raise WalkitError(f"capture did not catch up within {timeout:.0f} s ({cap.stats.events} of {events} events)")
+        time.sleep(0.002)
+
+
+def _state(client: Any) -> dict[str, list[bytes]]:
+    """The database's documents as raw BSON, per collection, sorted by _id."""
+    from bson.codec_options import CodecOptions
+    from bson.raw_bson import RawBSONDocument
+
+    db = client.get_database(DATABASE, codec_options=CodecOptions(document_class=RawBSONDocument))
+    return {f"{DATABASE}.{name}": [d.raw for d in db[name].find().sort("_id", 1)] for name in sorted(db.list_collection_names())}
+
+
+def _series(samples: list[datetime], moments: list[datetime], start: datetime) -> list[float]:
+    """For each sample, hours since the newest moment at or before it (since ``start`` if none)."""
+    out, j, last = [], 0, start
+    ordered = sorted(moments)
+    for t in samples:
+        while j < len(ordered) and ordered[j] <= t:
+            last = ordered[j]
+            j += 1
+        out.append((t - last).total_seconds() / 3600)
+    return out
+
+
+def simulate(
+    days: int = 30,
+    writes_per_day: int = 1000,
+    *,
+    backup_hour: int = 2,
+    failure_rate: float = 0.05,
+    snapshot_interval_hours: float = 6.0,
+    snapshot_every_days: float = 1.0,
+    seed: int = 0,
+    wal: bool = True,
+    keyspace: int = 2000,
+    start: datetime | None = None,
+    baseline_snapshot_hours: float = 6.0,
+    sample_minutes: int = 15,
+    verify_restores: int = 0,
+    workdir: str | Path | None = None,
+    keep: bool = False,
+    progress: bool | None = None,
+) -> SimulationResult:
+    """Run ``days`` simulated days (see the module docstring); ``wal=False`` runs the same
+    workload, snapshots and daily calls without capture (bundles carry snapshots only)."""
+    import pandas as pd
+    import pymongo
+    from tqdm import tqdm
+
+    from .capture import ChangeCapture
+    from .clock import SimulatedClock
+    from .errors import ConfigError, ProviderError, QuotaExceededError
+    from .home import Home
+    from .offsite import list_offsite, resolve_chain, restore_from_external
+    from .plan import Target
+    from .providers import MockExternalBackupProvider
+    from .quota import QuotaLedger
+    from .sandbox import Sandbox
+    from .snapshot import list_snapshots, take_snapshot
+    from .upload import Policy, quota_dir, upload
+
+    if days < 1 or writes_per_day < 0 or not 0 <= backup_hour <= 23 or not 0 <= failure_rate <= 1 or keyspace < 1:
+        raise ConfigError("simulate needs days >= 1, writes_per_day >= 0, backup_hour 0..23, failure_rate 0..1, keyspace >= 1")
+    params = {k: v for k, v in locals().items() if k in (
+        "days", "writes_per_day", "backup_hour", "failure_rate", "snapshot_interval_hours", "snapshot_every_days", "seed", "wal",
+        "keyspace", "baseline_snapshot_hours", "sample_minutes", "verify_restores")}
+    began = time.perf_counter()
+    origin = (start or datetime(2026, 1, 5, tzinfo=timezone.utc)).astimezone(timezone.utc)
+    clock = SimulatedClock(origin)
+    rng = random.Random(seed)
+    check_rng = random.Random(seed + 1)
+    work = Path(tempfile.mkdtemp(prefix="walkit-sim-", dir=workdir))
+    home = Home(work / "home").create()
+    offsite = work / "offsite"
+    box = Sandbox(0, clock=clock)
+    box.start()
+    client = pymongo.MongoClient(box.uri)
+    mock = MockExternalBackupProvider(latency_ms=0, failure_rate=failure_rate, storage_limit_bytes=None, clock=clock, seed=seed, state_dir=offsite)
+    ledger = QuotaLedger(quota_dir(home), clock=clock)
+    policy = Policy(snapshot_every_days=snapshot_every_days)
+    cap: Any = None
+    thread: threading.Thread | None = None
+    failures: list[BaseException] = []
+    events: list[tuple[datetime, str, str, int]] = []
+    uploads: list[dict[str, Any]] = []
+    recorded: list[tuple[datetime, dict[str, list[bytes]]]] = []
+    second_refused = False
+    try:
+        if wal:
+            cap = ChangeCapture(box.uri, home, clock=clock, fsync_interval=0.02, initial_snapshot=False, checkpoint_interval=3600.0)
+
+            def run() -> None:
+                try:
+                    cap.run()
+                except BaseException as exc:  # reported below
+                    failures.append(exc)
+
+            thread = threading.Thread(target=run, name="walkit-sim-capture", daemon=True)
+            thread.start()
+            deadline = time.monotonic() + 30
+            while cap.stats.checkpoints == 0 and not failures and time.monotonic() < deadline:
+                time.sleep(0.005)
+        take_snapshot(box.uri, home, database=DATABASE, clock=clock, progress=False)
+        workload = _Workload(rng, keyspace)
+        db = client[DATABASE]
+        snap_every = timedelta(hours=snapshot_interval_hours) if snapshot_interval_hours > 0 else None
+        next_snap = origin + snap_every if snap_every else None
+        check_buckets = set(check_rng.sample(range(days * PER_DAY), min(verify_restores * 3, days * PER_DAY))) if verify_restores else set()
+        written = 0
+        bar = tqdm(total=days, unit="day", desc="simulate", disable=(None if progress is None else not progress), leave=False)
+        for day in range(days):
+            day_start = origin + timedelta(days=day)
+            upload_at = day_start + timedelta(hours=backup_hour)
+            counts = _day_times(rng, day_start, writes_per_day)
+            uploaded = False
+            for b, count in enumerate(counts):
+                at = day_start + b * BUCKET
+                for moment, what in sorted([(next_snap, "snapshot")] if next_snap and next_snap <= at else []) + (
+                    [(upload_at, "upload")] if not uploaded and upload_at <= at else []
+                ):
+                    clock.set(moment)
+                    if cap is not None:
+                        _wait_for(cap, written)
+                    if what == "snapshot":
+                        take_snapshot(box.uri, home, database=DATABASE, clock=clock, progress=False)
+                        assert snap_every is not None and next_snap is not None
+                        next_snap = next_snap + snap_every
+                    else:
+                        uploads.append(_attempt(upload, home, mock, ledger, policy, box.uri, clock, day, ProviderError, QuotaExceededError))
+                        uploaded = True
+                if not count:
+                    continue
+                clock.set(at)
+                ops = [workload.next() for _ in range(count)]
+                workload.end_batch()
+                # inserts, then updates, then deletes, per collection: the same result as the drawn order
+                # (a key deleted in a batch is not reused in it), in a few round trips instead of one per change
+                for coll in ("orders", "customers"):
+                    mine = sorted((o for o in ops if o[1] == coll), key=lambda o: ORDER[o[0]])
+                    if mine:
+                        db[coll].bulk_write([o[3] for o in mine], ordered=True)
+                        events.extend((at, op, c, key) for op, c, key, _ in mine)
+                written += count
+                if day * PER_DAY + b in check_buckets:
+                    recorded.append((at, _state(client)))
+            if not uploaded:  # a backup hour at the very end of the day with no bucket after it
+                clock.set(upload_at)
+                if cap is not None:
+                    _wait_for(cap, written)
+                uploads.append(_attempt(upload, home, mock, ledger, policy, box.uri, clock, day, ProviderError, QuotaExceededError))
+            bar.update(1)
+        bar.close()
+        end = origin + timedelta(days=days)
+        clock.set(end - timedelta(minutes=1))
+        if cap is not None:
+            _wait_for(cap, written)
+        try:
+            upload(home, mock, ledger, policy=policy, uri=box.uri, clock=clock, progress=False)
+        except QuotaExceededError:
+            second_refused = True
+        if cap is not None:
+            cap.stop()
+            assert thread is not None
+            thread.join(30)
+        if failures:
+            raise failures[0]
+
+        # -- the tidy tables --------------------------------------------------------------
+        ev = pd.DataFrame(events, columns=["time", "op", "collection", "key"])
+        ev["time"] = pd.to_datetime(ev["time"], utc=True)
+        snaps = [s for s in list_snapshots(home)]
+        snapshots = pd.DataFrame(
+            [(s.end_wall, s.id, s.documents, s.size) for s in snaps], columns=["time", "id", "documents", "bytes"]
+        )
+        snapshots["time"] = pd.to_datetime(snapshots["time"], utc=True)
+        up = pd.DataFrame(uploads, columns=["time", "day", "ok", "outcome", "bytes", "index", "first_seq", "last_seq", "covers_from", "covers_to", "snapshot", "error"])
+        for col in ("time", "covers_from", "covers_to"):
+            up[col] = pd.to_datetime(up[col], utc=True)
+        for col in ("index", "first_seq", "last_seq"):
+            up[col] = up[col].astype("Int64")
+        samples = [origin + timedelta(minutes=sample_minutes * i) for i in range(int(timedelta(days=days) / timedelta(minutes=sample_minutes)) + 1)]
+        ok_times = [u["time"] for u in uploads if u["ok"]]
+        dump_times = [u["time"] for u in uploads if u["outcome"] in ("stored", "skipped")]
+        base_every = timedelta(hours=baseline_snapshot_hours)
+        base_snaps = [origin + base_every * i for i in range(int(timedelta(days=days) / base_every) + 1)]
+        recovery = pd.DataFrame({
+            "time": pd.to_datetime(samples, utc=True),
+            "walkit_db_lost": [CAPTURE_LAG_SECONDS / 3600 if wal else v for v in _series(samples, [s.end_wall for s in snaps], origin)],
+            "walkit_site_lost": _series(samples, ok_times, origin),
+            "daily_dump_site_lost": _series(samples, dump_times, origin),
+            "snapshots_db_lost": _series(samples, base_snaps, origin),
+        })
+        windows = _windows(home, snaps, uploads, pd)
+
+        # -- restores from the external bundles alone, compared with the recorded states ---------
+        checks = passed = 0
+        restore_failures: list[str] = []
+        if recorded:
+            chain = resolve_chain(list_offsite(mock))
+            span = chain.windows()
+            covered = [(t, s) for t, s in recorded if any(a <= t <= b for a, b in span)]
+            for t, expected in check_rng.sample(covered, min(verify_restores, len(covered))):
+                checks += 1
+                got = _restored(restore_from_external, mock, Target("at", t), work / f"check-{checks}")
+                if got == {k: v for k, v in expected.items() if v}:
+                    passed += 1
+                else:
+                    restore_failures.append(f"{t.isoformat()}: restored state differs from the recorded one")
+        rpo = recovery["walkit_site_lost"]
+        summary = {
+            "days": days,
+            "writes": len(events),
+            "events_captured": cap.stats.events if cap is not None else 0,
+            "uploads_ok": int(up["ok"].sum()),
+            "uploads_failed": int((~up["ok"]).sum()),
+            "second_calls_refused": int(second_refused),
+            "worst_offsite_rpo_hours": round(float(rpo.max()), 3),
+            "median_offsite_rpo_hours": round(float(rpo.median()), 3),
+            "bundle_bytes_total": int(up["bytes"].sum()),
+            "restore_checks": checks,
+            "restore_checks_passed": passed,
+            "seconds": round(time.perf_counter() - began, 2),
+        }
+        return SimulationResult(
+            ev, snapshots, up, recovery, windows, summary, params, second_refused,
+            home.path if keep else None, offsite if keep else None, restore_failures,
+        )
+    finally:
+        if cap is not None:
+            cap.stop()
+            if thread is not None:
+                thread.join(30)
+        client.close()
+        box.stop()
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _attempt(upload: Any, home: Any, mock: Any, ledger: Any, policy: Any, uri: str, clock: Any, day: int, provider_error: type, quota_error: type) -> dict[str, Any]:
+    """One daily call, as a row of the uploads table."""
+    row: dict[str, Any] = {"time": clock.now(), "day": day, "ok": False, "outcome": "failed", "bytes": 0, "index": None,
+                           "first_seq": None, "last_seq": None, "covers_from": None, "covers_to": None, "snapshot": False, "error": None}
+    try:
+        result = upload(home, mock, ledger, policy=policy, uri=uri, clock=clock, progress=False)
+    except quota_error as exc:
+        row.update(outcome="refused", error=str(exc))
+        return row
+    except provider_error as exc:
+        row["error"] = str(exc)
+        call = ledger.calls()[-1] if ledger.calls() else None
+        meta = call.what if call is not None else {}
+        row.update(bytes=int(meta.get("size") or 0), index=meta.get("index"), snapshot=bool(meta.get("snapshot")))
+        return row
+    meta = result.bundle.metadata() if result.bundle is not None else {}
+    row.update(
+        ok=True, outcome="skipped" if result.skipped else "stored", bytes=0 if result.skipped else int(meta.get("size") or 0),
+        index=None if result.skipped else meta.get("index"), first_seq=meta.get("first_seq"), last_seq=meta.get("last_seq"),
+        covers_from=meta.get("first_wall"), covers_to=meta.get("last_wall"), snapshot=bool(meta.get("snapshot")) and not result.skipped,
+    )
+    return row
+
+
+def _windows(home: Any, snaps: list[Any], uploads: list[dict[str, Any]], pd: Any) -> Any:
+    from .plan import Target, windows
+    from .restore import scan_wal
+
+    rows: list[tuple[str, str, Any, Any]] = []
+    runs, _ = scan_wal(home.wal_dir, Target("at", datetime(1970, 1, 1, tzinfo=timezone.utc)))
+    for a, b, _run in windows(snaps, runs):
+        rows.append(("local WAL", "local snapshots + WAL", a, b))
+    for s in snaps:
+        rows.append(("snapshot", s.id, s.end_wall, s.end_wall))
+    for u in uploads:
+        if u["outcome"] == "stored" and u["covers_from"]:
+            rows.append(("bundle", f"bundle {u['index']}", u["covers_from"], u["covers_to"]))
+    out = pd.DataFrame(rows, columns=["kind", "label", "start", "end"])
+    for col in ("start", "end"):
+        out[col] = pd.to_datetime(out[col], utc=True)
+    return out
+
+
+def _restored(restore_from_external: Any, mock: Any, target: Any, folder: Path) -> dict[str, list[bytes]]:
+    """The state a restore from the external bundles alone gives, as raw BSON per collection."""
+    import bson
+    from bson.codec_options import CodecOptions
+    from bson.raw_bson import RawBSONDocument
+
+    restore_from_external(mock, target, to_dump=folder, progress=False)
+    out = {}
+    for path in sorted(folder.glob("*/*.bson")):
+        with path.open("rb") as f:
+            docs = [d.raw for d in bson.decode_file_iter(f, CodecOptions(document_class=RawBSONDocument))]
+        if docs:
+            out[f"{path.parent.name}.{path.stem}"] = sorted(docs, key=lambda raw: bson.decode(raw)["_id"])
+    return out
+
+
+def compare_policies(
+    days: int = 14,
+    writes_per_day: int = 500,
+    policies: Sequence[float] = (1.0, 7.0, 0.0),
+    seed: int = 0,
+    failure_rate: float = 0.0,
+    **options: Any,
+) -> Any:
+    """One simulation per contents policy (``snapshot_every_days``): bundle sizes against
+    restore-chain lengths (how many bundles a restore from off-site downloads)."""
+    import pandas as pd
+
+    rows = []
+    for every in policies:
+        res = simulate(days, writes_per_day, snapshot_every_days=every, seed=seed, failure_rate=failure_rate, **options)
+        stored = res.uploads[res.uploads["outcome"] == "stored"].reset_index(drop=True)
+        chains, since = [], None
+        for i, row in stored.iterrows():
+            if row["snapshot"]:
+                since = i
+            chains.append(i - since + 1 if since is not None else i + 1)
+        label = "snapshot in the first bundle only" if every == 0 else f"snapshot every {every:g} day(s)"
+        rows.append({
+            "policy": label, "snapshot_every_days": float(every), "bundles": len(stored), "total_bytes": int(stored["bytes"].sum()),
+            "mean_bytes": float(stored["bytes"].mean()) if len(stored) else 0.0, "max_bytes": int(stored["bytes"].max()) if len(stored) else 0,
+            "worst_chain": max(chains, default=0), "mean_chain": float(sum(chains) / len(chains)) if chains else 0.0,
+        })
+    return pd.DataFrame(rows)

@@ -139,8 +139,9 @@ def _day_times(rng: random.Random, day_start: datetime, writes: int) -> list[int
 
 
 def _wait_for(cap: Any, events: int, timeout: float = 120.0) -> None:
+    """Until capture has the first ``events`` changes on disk (fsynced: a bundle built now holds them)."""
     deadline = time.monotonic() + timeout
-    while cap.stats.events < events:
+    while cap.stats.events < events or cap.writer is None or cap.writer.durable_seq < events:
         if time.monotonic() > deadline:
             from .errors import WalkitError
 

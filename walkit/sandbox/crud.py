@@ -13,6 +13,7 @@ mongomock-ng itself is corrected where it differs from MongoDB by
 from __future__ import annotations
 
 import itertools
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import Any
 import bson
 import mongomock_ng
 from bson.int64 import Int64
+from bson.regex import Regex
 
 from . import storage  # noqa: F401  (patches mongomock-ng on import)
 from .diff import update_description
@@ -104,13 +106,24 @@ def _claimed_ids(eng: Engine, ctx: Ctx, coll: Any, query: Any, multi: bool, sort
         raise CommandError(14, f"the query must be a document, got {type(query).__name__}")
     deadline = time.monotonic() + WAIT_FOR_TXN
     while True:
-        found = coll.find(query, {"_id": 1}, sort=sort)
-        if not multi:
-            found = found.limit(1)
-        ids = [d["_id"] for d in found]
+        ids = _by_id(coll, query)
+        if ids is None:
+            found = coll.find(query, {"_id": 1}, sort=sort)
+            if not multi:
+                found = found.limit(1)
+            ids = [d["_id"] for d in found]
         if eng.sessions.claim(ctx, ctx.db, coll.name, ids):
             return ids
         eng.sessions.wait_for_release(deadline)
+
+
+def _by_id(coll: Any, query: dict[str, Any]) -> list[Any] | None:
+    """The _id a ``{_id: value}`` query matches (a list of none or one), read from the store's
+    key; None for any other query (the caller scans)."""
+    if len(query) != 1 or "_id" not in query or isinstance(query["_id"], (dict, list, tuple, re.Pattern, Regex)):
+        return None
+    found = list(coll._iter_documents(query))  # the store's _id-keyed lookup (see storage.py)
+    return [found[0]["_id"]] if found else []
 
 
 def _claim_or_wait(eng: Engine, ctx: Ctx, name: str, key: Any) -> None:

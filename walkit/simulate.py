@@ -459,11 +459,14 @@ def compare_policies(
     for every in policies:
         res = simulate(days, writes_per_day, snapshot_every_days=every, seed=seed, failure_rate=failure_rate, **options)
         stored = res.uploads[res.uploads["outcome"] == "stored"].reset_index(drop=True)
+        # a bundle's snapshot is taken at its call, after the changes it covers: an instant inside
+        # bundle i is restored from the newest snapshot in a bundle before i, plus every bundle since
         chains, since = [], None
         for i, row in stored.iterrows():
+            if since is not None:
+                chains.append(i - since + 1)
             if row["snapshot"]:
                 since = i
-            chains.append(i - since + 1 if since is not None else i + 1)
         label = "snapshot in the first bundle only" if every == 0 else f"snapshot every {every:g} day(s)"
         rows.append({
             "policy": label, "snapshot_every_days": float(every), "bundles": len(stored), "total_bytes": int(stored["bytes"].sum()),

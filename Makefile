@@ -1,11 +1,13 @@
 # Two commands do all set-up on a fresh machine:
-#   make demo   - create .venv, install, start the sandbox, watch a small workload
+#   make demo   - create .venv, install, run every notebook headless: executed notebooks in build/notebooks/,
+#                 charts in build/*.png, a printed summary (walkit/story.py; `walkit demo` still shows a change stream)
 #   make test   - create .venv, install, lint, install tar/zstd/age if missing (apt-get), run every test
+#   make lab    - JupyterLab on notebooks/ (uses $MONGODB_URI when set, else each notebook starts the sandbox)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint tools bench clean
+.PHONY: demo lab test lint tools bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +16,10 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 demo: $(BIN)/.installed
-	$(BIN)/walkit demo
+	$(BIN)/python -m walkit.story --out build
+
+lab: $(BIN)/.installed
+	$(BIN)/jupyter lab notebooks/
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check walkit tests bench
@@ -30,6 +35,7 @@ bench: $(BIN)/.installed
 	$(BIN)/python bench/bench_wal.py
 	$(BIN)/python bench/bench_restore.py
 	$(BIN)/python bench/bench_bundle.py
+	$(BIN)/python bench/bench_simulate.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

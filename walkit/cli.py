@@ -20,6 +20,7 @@ from . import __version__
 from .cli_offsite import add_age_identity, add_provider, register
 from .errors import ConfigError, WalkitError
 from .home import Home
+from .story import register as register_story
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -427,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_home(p)
     p.set_defaults(func=cmd_restore)
     register(sub, add_home)
+    register_story(sub)
     return parser
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 
 from bson.timestamp import Timestamp
 
@@ -170,7 +170,8 @@ def plan_restore(
             continue  # not covered by this run of the WAL
         if target.kind == "at":
             assert isinstance(target.value, datetime)
-            if snap.end_wall > target.value:
+            at = target.value if target.value.tzinfo else target.value.replace(tzinfo=timezone.utc)  # naive means UTC
+            if snap.end_wall > at:
                 continue
         elif cut.next_ct is not None and snap.end >= cut.next_ct:
             continue  # its scan may hold changes the cut leaves out

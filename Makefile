@@ -1,7 +1,7 @@
 # Two commands do all set-up on a fresh machine:
 #   make demo   - create .venv, install, run every notebook headless: executed notebooks in build/notebooks/,
 #                 charts in build/*.png, a printed summary (walkit/story.py; `walkit demo` still shows a change stream)
-#   make test   - create .venv, install, lint, install tar/zstd/age if missing (apt-get), run every test
+#   make test   - create .venv, install, lint, install tar, zstd, age, chromium if missing (apt-get), run every test
 #   make lab    - JupyterLab on notebooks/ (uses $MONGODB_URI when set, else each notebook starts the sandbox)
 PYTHON ?= python3
 VENV   := .venv

@@ -1,9 +1,10 @@
 #!/bin/sh
-# The standard tools the tests use to prove a bundle opens without walkit: tar, zstd, age.
+# The standard tools the tests use to prove a bundle opens without walkit (tar, zstd, age), and the
+# browser the notebook test drives through Playwright (Debian's chromium; never `playwright install`).
 # Installs the missing ones with apt-get when it can (CI starts bare); otherwise says what to install.
 set -eu
 missing=""
-for tool in tar zstd age; do
+for tool in tar zstd age chromium; do
     command -v "$tool" >/dev/null 2>&1 || missing="$missing $tool"
 done
 [ -z "$missing" ] && exit 0

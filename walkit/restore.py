@@ -44,7 +44,7 @@ from .clock import Clock, SystemClock
 from .errors import RestoreError, WalkitError
 from .home import Home
 from .mongo import connect, describe_error
-from .plan import Cut, Gap, RestorePlan, Run, Target, describe_windows, plan_restore
+from .plan import Cut, Gap, RestorePlan, Run, Target, describe_windows, plan_restore, windows
 from .replay import DOC, MemoryState, MongoTarget, namespace_of
 from .snapshot import SnapshotInfo, iter_documents, list_snapshots, read_metadata
 from .wal import read_records
@@ -116,6 +116,8 @@ def scan_wal(wal_dir: Path, target: Target, renames: list[tuple[Timestamp, tuple
             cur = {"start_ct": start, "start_wall": wall, "end_ct": ct, "end_wall": wall, "first": None, "last": None, "gap": gap}
             gap, resume_ct = None, None
         cur["end_ct"], cur["end_wall"] = max(cur["end_ct"], ct), wall or cur["end_wall"]
+        if wall is not None and (cur["start_wall"] is None or _aware(wall) < _aware(cur["start_wall"])):
+            cur["start_wall"] = wall  # a capture that began at a snapshot's start records earlier changes after its checkpoint
         if rec.kind != "e":
             continue
         seq = int(rec.seq or 0)
@@ -192,6 +194,12 @@ def prepare_restore(
             database = named.pop()
     renames: list[tuple[Timestamp, tuple[str, ...]]] = []
     runs, cut = scan_wal(home.wal_dir, target, renames)
+    if cut is None and target.kind == "at":
+        at = _aware(target.value)  # type: ignore[arg-type]
+        for start, end, run in windows(snapshots, runs):
+            if start is not None and end is not None and _aware(start) <= at <= _aware(end):
+                cut = Cut(run, None, None)  # after a snapshot, before the run's first change: the snapshot alone
+                break
     if cut is None:
         raise RestoreError(f"cannot restore {target}: {_outside(target, runs)}; {describe_windows(snapshots, runs)}")
     plan = plan_restore(target, cut, snapshots, runs, list(collections or []), database, renames)

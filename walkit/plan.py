@@ -108,6 +108,20 @@ class RestorePlan:
         return "\n".join(lines)
 
 
+def _utc(dt: datetime) -> datetime:
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+def _serves(run: Run, snap: SnapshotInfo) -> bool:
+    """Whether this run of the WAL covers the snapshot: it holds the scan's start and end, and the
+    snapshot was not taken before the gap that began the run (a restarted server's cluster time
+    may even repeat, so the clusterTimes alone cannot tell)."""
+    if not run.holds(snap.start) or snap.end > run.end_ct:
+        return False
+    gap = run.gap_before
+    return gap is None or gap.wall is None or _utc(snap.end_wall) >= _utc(gap.wall)
+
+
 def _when(wall: datetime | None, ct: Timestamp) -> str:
     return wall.isoformat() if wall is not None else f"clusterTime {ct.time}.{ct.inc}"
 
@@ -116,7 +130,7 @@ def windows(snapshots: list[SnapshotInfo], runs: list[Run]) -> list[tuple[dateti
     """For each run that a snapshot can serve: (earliest restorable instant, latest, run)."""
     out = []
     for run in runs:
-        usable = [s for s in snapshots if run.holds(s.start) and s.end <= run.end_ct]
+        usable = [s for s in snapshots if _serves(run, s)]
         if usable:
             out.append((min(s.end_wall for s in usable), run.end_wall, run))
     return out
@@ -166,11 +180,11 @@ def plan_restore(
     snapshots = covering
     usable = []
     for snap in snapshots:
-        if not run.holds(snap.start) or snap.end > run.end_ct:
-            continue  # not covered by this run of the WAL
+        if not _serves(run, snap):
+            continue
         if target.kind == "at":
             assert isinstance(target.value, datetime)
-            at = target.value if target.value.tzinfo else target.value.replace(tzinfo=timezone.utc)  # naive means UTC
+            at = _utc(target.value)  # naive means UTC
             if snap.end_wall > at:
                 continue
         elif cut.next_ct is not None and snap.end >= cut.next_ct:

@@ -577,7 +577,7 @@ def build_bundle(
             with contextlib.suppress(OSError):
                 leftover.unlink()
         raise
-    return Bundle(final, manifest, final.stat().st_size, _sha256(final), bool(recipients))
+    return Bundle(final, manifest, final.stat().st_size, sha256_file(final), bool(recipients))
 
 
 def _check_snapshot_hashes(snap: SnapshotInfo, got: dict[str, str]) -> None:
@@ -600,7 +600,8 @@ def _encrypt(src: Path, dst: Path, recipients: Sequence[Any]) -> None:
         os.fsync(fout.fileno())
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The SHA-256 of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         while chunk := f.read(CHUNK):
@@ -762,7 +763,7 @@ def read_manifest(path: str | os.PathLike[str], identities: Sequence[Any] | None
     with tempfile.TemporaryDirectory(prefix="walkit-bundle-", dir=path.parent if os.access(path.parent, os.W_OK) else None) as scratch:
         with _plain_tar(path, identities, Path(scratch)) as (plain, encrypted), _open_tar(plain, path) as tar:
             manifest = _load_manifest(tar, _members(tar, path), path)
-    return Bundle(path, manifest, path.stat().st_size, _sha256(path), encrypted)
+    return Bundle(path, manifest, path.stat().st_size, sha256_file(path), encrypted)
 
 
 def unpack_bundle(path: str | os.PathLike[str], dest: str | os.PathLike[str], identities: Sequence[Any] | None = None, *, snapshot: bool = True) -> Bundle:
@@ -793,7 +794,7 @@ def unpack_bundle(path: str | os.PathLike[str], dest: str | os.PathLike[str], id
             final = dest / src.relative_to(work)
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(src, final)
-    return Bundle(path, manifest, path.stat().st_size, _sha256(path), encrypted)
+    return Bundle(path, manifest, path.stat().st_size, sha256_file(path), encrypted)
 
 
 def _extract(tar: tarfile.TarFile, info: tarfile.TarInfo, spec: dict[str, Any], target: Path, *, keep_compressed: bool, shown: Path) -> None:
@@ -900,7 +901,7 @@ def check_contents(bundle: Bundle, folder: Path, prev: Position | None = None, *
                 raise BundleError(f"{shown}: the manifest's snapshot {key} ({told.get(key)!r}) is not the snapshot's ({held.get(key)!r})")
         got = {}
         for rel in _snapshot_files(snap)[1:]:
-            got[rel] = _sha256(folder / "snapshot" / rel) if (folder / "snapshot" / rel).exists() else ""
+            got[rel] = sha256_file(folder / "snapshot" / rel) if (folder / "snapshot" / rel).exists() else ""
         try:
             _check_snapshot_hashes(snap, got)
         except SnapshotError as exc:

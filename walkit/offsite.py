@@ -28,7 +28,7 @@ from typing import Any
 
 from bson.timestamp import Timestamp
 
-from .bundle import FORMAT, Position, _sha256, check_contents, unpack_bundle
+from .bundle import FORMAT, Position, check_contents, sha256_file, unpack_bundle
 from .errors import BundleError, ProviderError, RestoreError
 from .home import Home
 from .plan import Target
@@ -280,7 +280,7 @@ def restore_from_external(
                 raise RestoreError(f"cannot download bundle {b.index} ({b.ref}): {exc}") from None
             bar.update(b.size)
             listed = b.meta.get("sha256")
-            if listed and _sha256(blob) != listed:
+            if listed and sha256_file(blob) != listed:
                 raise RestoreError(f"bundle {b.index} ({b.ref}) as downloaded does not match the SHA-256 it was uploaded with; the copy on {provider.name} is damaged")
             with_snapshot = b is plan.snapshot_bundle
             folder = scratch / f"unpacked-{b.index}"

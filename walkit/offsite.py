@@ -143,8 +143,8 @@ def resolve_chain(bundles: Sequence[OffsiteBundle]) -> Chain:
     """Follow the chain from its first bundle, taking the branch that reaches furthest.
 
     The first bundle is the one with an empty ``prev``; when the provider pruned the oldest
-    bundles (as ``keep_from`` allows), it is the oldest one holding a snapshot whose ``prev``
-    is not listed and whose index is at most the newest bundle's ``keep_from``.
+    bundles (as ``keep_from`` allows), it is a bundle whose ``prev`` is not listed and whose
+    index is at most the newest bundle's ``keep_from``.
     """
     children: dict[str, list[OffsiteBundle]] = {}
     for b in bundles:
@@ -153,8 +153,8 @@ def resolve_chain(bundles: Sequence[OffsiteBundle]) -> Chain:
     if not roots and bundles:
         seals = {str(b.meta["seal"]) for b in bundles}
         newest = max(bundles, key=lambda b: (b.index, b.last_seq))
-        keep = int(newest.meta.get("keep_from") or newest.index)
-        roots = [b for b in bundles if str(b.meta.get("prev") or "") not in seals and b.snapshot and b.index <= keep]
+        keep = int(newest.meta.get("keep_from") or 1)  # without one, the whole chain is needed
+        roots = [b for b in bundles if str(b.meta.get("prev") or "") not in seals and b.index <= keep]
     # the longest path from each root, without recursion: a chain of years of daily bundles is deep
     best: list[OffsiteBundle] = []
     for root in sorted(roots, key=lambda b: (b.index, b.uploaded_at)):
@@ -248,6 +248,23 @@ def plan_external(provider: ExternalBackupProvider, target: Target) -> OffsitePl
     return OffsitePlan(target, chain, snap_bundle, chain.bundles[start : stop + 1])
 
 
+def _matches_listing(manifest: dict[str, Any], b: OffsiteBundle) -> None:
+    """BundleError unless the downloaded bundle is the one the listing (which chose it) describes."""
+    wal, snap = manifest["wal"], manifest.get("snapshot")
+    told = b.snapshot
+    checks = {
+        "id": (manifest.get("id"), b.meta.get("id")),
+        "index": (manifest.get("index"), b.index),
+        "first seq": (wal.get("first_seq"), b.first_seq),
+        "last seq": (wal.get("last_seq"), b.last_seq),
+        "seal": (wal.get("seal"), b.meta.get("seal")),
+        "snapshot": (snap.get("id") if snap else None, told.get("id") if told else None),
+    }
+    for what, (held, listed) in checks.items():
+        if held != listed:
+            raise BundleError(f"{b.ref}: its {what} is {held!r}, the service's listing says {listed!r}; the listing or the bundle was altered")
+
+
 def restore_from_external(
     provider: ExternalBackupProvider,
     target: Target,
@@ -287,8 +304,7 @@ def restore_from_external(
             try:
                 bundle = unpack_bundle(blob, folder, identities, snapshot=with_snapshot)
                 bundle.path = Path(b.ref)
-                if bundle.manifest.get("id") != b.meta.get("id"):
-                    raise BundleError(f"{b.ref}: holds bundle {bundle.manifest.get('id')}, the listing says {b.meta.get('id')}")
+                _matches_listing(bundle.manifest, b)
                 check_contents(bundle, folder, prev, snapshot=with_snapshot)
             except BundleError as exc:
                 raise RestoreError(f"bundle {b.index} from the external service cannot be used: {str(exc).replace(str(blob), b.ref)}") from None

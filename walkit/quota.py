@@ -201,9 +201,28 @@ class QuotaLedger:
 
     def _append(self, record: dict[str, Any]) -> None:
         new = not self.path.exists()
+        if not new:
+            self._drop_torn_tail()
         with self.path.open("ab") as f:
             f.write(json.dumps(record, default=str).encode() + b"\n")
             f.flush()
             os.fsync(f.fileno())
         if new:
             fsync_dir(self.folder)
+
+    def _drop_torn_tail(self) -> None:
+        """Cut a last line without its newline (a crash while appending: its step never completed),
+        so the next record starts on a line of its own.  Called with the lock held."""
+        with self.path.open("rb+") as f:
+            size = f.seek(0, os.SEEK_END)
+            if not size:
+                return
+            f.seek(size - 1)
+            if f.read(1) == b"\n":
+                return
+            f.seek(max(0, size - (1 << 20)))
+            tail = f.read()
+            cut = size - len(tail) + tail.rfind(b"\n") + 1 if b"\n" in tail else 0
+            f.truncate(cut)
+            f.flush()
+            os.fsync(f.fileno())

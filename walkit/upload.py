@@ -146,6 +146,16 @@ def _choose_snapshot(home: Home, policy: Policy, calls: list[Call], clock: Clock
     return None
 
 
+def _keep_from(snapshot: SnapshotInfo, calls: list[Call], after: Position) -> int:
+    """The oldest bundle a restore from ``snapshot`` needs: the one holding the WAL from its scan's
+    start (the snapshot may be older than the last upload), as :func:`walkit.offsite.plan_external` picks."""
+    before = snapshot.wal_seq_before or 0
+    if not before:
+        return 1
+    holding = [int(c.what["index"]) for c in calls if int(c.what.get("last_seq") or 0) >= before]
+    return min(holding) if holding else after.index + 1
+
+
 def prepare_bundle(
     home: Home,
     ledger: QuotaLedger,
@@ -167,7 +177,7 @@ def prepare_bundle(
     after, _ = offsite_position(ledger, provider)
     snapshot = _choose_snapshot(home, policy, calls, clock, uri, notes)
     _, snap_index = _last_offsite_snapshot(calls)
-    keep_from = after.index + 1 if snapshot is not None else (snap_index or 1)
+    keep_from = _keep_from(snapshot, calls, after) if snapshot is not None else (snap_index or 1)
     folder = out or bundles_dir(home)
     folder.mkdir(parents=True, exist_ok=True)
     bundle = build_bundle(home, folder, after=after, snapshot=snapshot, recipients=recipients, keep_from=keep_from, clock=clock, progress=progress)
@@ -238,8 +248,8 @@ def _send(bundle: Bundle, provider: ExternalBackupProvider, ledger: QuotaLedger,
             except ProviderError as exc:
                 call.sent = exc.sent
                 raise
-            except OSError as exc:  # a provider that let a raw I/O error through: assume it may have sent
-                raise ProviderError(f"{provider.name}: upload failed ({exc})") from None
+            except Exception as exc:  # a provider that let something else through: assume it may have sent
+                raise ProviderError(f"{provider.name}: upload failed ({type(exc).__name__}: {exc})") from None
         return UploadResult(bundle, ref=str(call.ref), call_id=call.id, notes=notes)
     finally:
         if not keep_bundle:

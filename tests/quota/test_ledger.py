@@ -136,3 +136,20 @@ def test_bad_settings_are_config_errors(tmp_path: Path) -> None:
         QuotaLedger(tmp_path, window="weekly")
     with pytest.raises(ConfigError, match="Mars/Olympus"):
         QuotaLedger(tmp_path, tz="Mars/Olympus")
+
+
+def test_a_call_after_a_torn_line_starts_a_line_of_its_own(tmp_path: Path) -> None:
+    """The torn fragment is cut before the next intent is written, so the ledger stays readable."""
+    clock = SimulatedClock(T0)
+    q = ledger(tmp_path, clock)
+    with q.spend() as call:
+        call.ref = "first"
+    with q.path.open("ab") as f:
+        f.write(b'{"kind": "result", "id": "x", "ok": tr')  # a crash while appending
+    clock.advance(25 * 3600)
+    with q.spend() as call:
+        call.ref = "second"
+    clock.advance(25 * 3600)
+    q.check_allowed()  # readable: no QuotaError
+    assert [c.ref for c in q.calls()] == ["first", "second"]
+    assert all(line.startswith(b"{") and line.endswith(b"}") for line in q.path.read_bytes().splitlines())

@@ -36,7 +36,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 import tarfile
 import tempfile
 import zlib
@@ -96,8 +95,14 @@ class Position:
 
     @classmethod
     def after(cls, manifest: dict[str, Any]) -> Position:
+        """After the bundle with this manifest."""
         wal = manifest["wal"]
         return cls(int(manifest["index"]), int(wal["last_seq"]), _ts(wal.get("last_ct")), str(wal["seal"]))
+
+    @classmethod
+    def after_upload(cls, metadata: dict[str, Any]) -> Position:
+        """After the bundle with this provider metadata (:meth:`Bundle.metadata`)."""
+        return cls(int(metadata["index"]), int(metadata["last_seq"]), _ts(metadata.get("last_ct")), str(metadata["seal"]))
 
 
 def _ts(value: Any) -> Timestamp | None:
@@ -106,10 +111,6 @@ def _ts(value: Any) -> Timestamp | None:
 
 def _tsjson(value: Timestamp | None) -> dict[str, int] | None:
     return None if value is None else {"t": value.time, "i": value.inc}
-
-
-def _iso(value: Any) -> str | None:
-    return value.isoformat() if isinstance(value, datetime) else None
 
 
 @dataclass
@@ -209,7 +210,7 @@ def load_identities(path: str | os.PathLike[str]) -> list[Any]:
 # -- writing ----------------------------------------------------------------------------
 
 
-class _Counting(io.RawIOBase):
+class HashingWriter(io.RawIOBase):
     """A write-only stream that hashes and counts what passes to ``out``."""
 
     def __init__(self, out: IO[bytes]) -> None:
@@ -243,11 +244,11 @@ class _TarOut:
         return info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
 
     @contextlib.contextmanager
-    def member(self, name: str) -> Iterator[_Counting]:
+    def member(self, name: str) -> Iterator[HashingWriter]:
         start = self.f.tell()
         header = self._info(name, 0)
         self.f.write(header)
-        sink = _Counting(self.f)
+        sink = HashingWriter(self.f)
         yield sink
         pad = -sink.size % tarfile.BLOCKSIZE
         self.f.write(b"\0" * pad)
@@ -313,11 +314,13 @@ class _Slicer:
         segments = list_segments(self.wal_dir).segments
         start = 0
         if self.after.last_seq:
-            for position, seg in enumerate(segments):
-                first = _header_first_seq(seg)
+            first: int | None = None
+            for position in reversed(range(len(segments))):  # the newest segment that began at or before it
+                first = _header_first_seq(segments[position])
                 if first is not None and first <= self.after.last_seq:
                     start = position
-            if not segments or (_header_first_seq(segments[start]) or 0) > self.after.last_seq + 1:
+                    break
+            if not segments or (first or 0) > self.after.last_seq + 1:
                 raise BundleError(
                     f"the local WAL no longer holds seq {self.after.last_seq + 1} (the first change after the last upload): "
                     "its segments were removed or lost, so no bundle can continue the chain; take a snapshot and see `walkit verify`"
@@ -338,7 +341,7 @@ class _Slicer:
     def _scan(self, mv: memoryview, seg: Segment, tail: bool) -> Iterator[memoryview]:
         from .wal import _I64, _KIND_AT, _SEQ_AT, FRAME, MAX_RECORD, _frame_follows
 
-        pos, n, run, last = 0, len(mv), -1, (0, 0)
+        pos, n, run, last = 0, len(mv), -1, None
         unpack, crc32, after = FRAME.unpack_from, zlib.crc32, self.after
         digest, sealed = hashlib.sha256(), False
         while pos < n:
@@ -395,8 +398,7 @@ class _Slicer:
                 self.records += 1
                 if self.first is None:
                     self.first = (kind, bytes(body))
-                last = (b, end)
-                self.last = (kind, b"")
+                last = (kind, b, end)
                 if run < 0:
                     run = pos
             elif run >= 0:
@@ -408,10 +410,11 @@ class _Slicer:
                 yield mv[run:n]
         if seg.sealed and not sealed:
             raise BundleError(f"{seg.name}: a sealed segment without its seal (cut short); the local WAL is damaged there, run `walkit verify`")
-        if self.last is not None and not self.last[1] and last[1]:
-            self.last = (self.last[0], bytes(mv[last[0] : last[1]]))
+        if last is not None:  # copied once per segment, not per record
+            self.last = (last[0], bytes(mv[last[1] : last[2]]))
 
-    def record(self, which: tuple[str, bytes] | None) -> Record | None:
+    @staticmethod
+    def record(which: tuple[str, bytes] | None) -> Record | None:
         return None if which is None else Record(which[0], which[1], "", 0, 0)
 
 
@@ -906,7 +909,3 @@ def check_contents(bundle: Bundle, folder: Path, prev: Position | None = None, *
             _check_snapshot_hashes(snap, got)
         except SnapshotError as exc:
             raise BundleError(f"{shown}: {exc}") from None
-
-
-def remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)

@@ -16,7 +16,12 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Clock", "SystemClock", "SimulatedClock"]
+__all__ = ["Clock", "SystemClock", "SimulatedClock", "as_utc"]
+
+
+def as_utc(dt: datetime) -> datetime:
+    """``dt`` with a time zone: a naive datetime means UTC (as everywhere in walkit)."""
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
 
 
 @runtime_checkable

@@ -26,9 +26,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bson.timestamp import Timestamp
-
-from .bundle import FORMAT, Position, check_contents, sha256_file, unpack_bundle
+from .bundle import FORMAT, HashingWriter, Position, check_contents, unpack_bundle
+from .clock import as_utc
 from .errors import BundleError, ProviderError, RestoreError
 from .home import Home
 from .plan import Target
@@ -41,8 +40,7 @@ __all__ = ["OffsiteBundle", "Chain", "OffsitePlan", "list_offsite", "resolve_cha
 def _dt(value: Any) -> datetime | None:
     if not value:
         return None
-    when = datetime.fromisoformat(str(value))
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    return as_utc(datetime.fromisoformat(str(value)))
 
 
 @dataclass(frozen=True)
@@ -79,8 +77,7 @@ class OffsiteBundle:
         return _dt(self.snapshot["end_wall"]) if self.snapshot else None
 
     def position(self) -> Position:
-        ct = self.meta.get("last_ct")
-        return Position(self.index, self.last_seq, Timestamp(ct["t"], ct["i"]) if ct else None, str(self.meta["seal"]))
+        return Position.after_upload(self.meta)
 
     def describe(self) -> str:
         snap = f", snapshot consistent from {self.snapshot['end_wall']}" if self.snapshot else ""
@@ -204,13 +201,9 @@ class OffsitePlan:
 def _covers(b: OffsiteBundle, target: Target) -> bool:
     if target.kind == "at":
         assert isinstance(target.value, datetime)
-        return b.last_wall is not None and b.last_wall >= _aware(target.value)
+        return b.last_wall is not None and b.last_wall >= as_utc(target.value)
     want = int(target.value)  # type: ignore[arg-type]
     return b.last_seq >= want
-
-
-def _aware(dt: datetime) -> datetime:
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
 
 
 def plan_external(provider: ExternalBackupProvider, target: Target) -> OffsitePlan:
@@ -222,7 +215,7 @@ def plan_external(provider: ExternalBackupProvider, target: Target) -> OffsitePl
     chain = resolve_chain(found)
     if not chain.bundles:
         raise RestoreError(f"{provider.name} holds no walkit bundle" + (f" that starts a chain ({chain.missing()})" if chain.orphans else ""))
-    at = _aware(target.value) if isinstance(target.value, datetime) else None
+    at = as_utc(target.value) if isinstance(target.value, datetime) else None
     window = chain.windows()
     where = "; ".join(f"restorable from the external bundles: {a.isoformat()} .. {b.isoformat()}" for a, b in window) or "no bundle holds a snapshot"
     if not any(_covers(b, target) for b in chain.bundles):
@@ -292,12 +285,13 @@ def restore_from_external(
             blob = scratch / f"bundle-{b.index}"
             try:
                 with blob.open("wb") as f:
-                    provider.download_to(b.ref, f)
+                    sink = HashingWriter(f)  # hashed as it arrives: no second read of the file
+                    provider.download_to(b.ref, sink)
             except ProviderError as exc:
                 raise RestoreError(f"cannot download bundle {b.index} ({b.ref}): {exc}") from None
             bar.update(b.size)
             listed = b.meta.get("sha256")
-            if listed and sha256_file(blob) != listed:
+            if listed and sink.digest.hexdigest() != listed:
                 raise RestoreError(f"bundle {b.index} ({b.ref}) as downloaded does not match the SHA-256 it was uploaded with; the copy on {provider.name} is damaged")
             with_snapshot = b is plan.snapshot_bundle
             folder = scratch / f"unpacked-{b.index}"

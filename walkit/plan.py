@@ -17,10 +17,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 
 from bson.timestamp import Timestamp
 
+from .clock import as_utc
 from .errors import RestoreError
 from .snapshot import SnapshotInfo
 
@@ -108,10 +109,6 @@ class RestorePlan:
         return "\n".join(lines)
 
 
-def _utc(dt: datetime) -> datetime:
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
-
-
 def _serves(run: Run, snap: SnapshotInfo) -> bool:
     """Whether this run of the WAL covers the snapshot: it holds the scan's start and end, and the
     snapshot was not taken before the gap that began the run (a restarted server's cluster time
@@ -119,7 +116,7 @@ def _serves(run: Run, snap: SnapshotInfo) -> bool:
     if not run.holds(snap.start) or snap.end > run.end_ct:
         return False
     gap = run.gap_before
-    return gap is None or gap.wall is None or _utc(snap.end_wall) >= _utc(gap.wall)
+    return gap is None or gap.wall is None or as_utc(snap.end_wall) >= as_utc(gap.wall)
 
 
 def _when(wall: datetime | None, ct: Timestamp) -> str:
@@ -184,7 +181,7 @@ def plan_restore(
             continue
         if target.kind == "at":
             assert isinstance(target.value, datetime)
-            at = _utc(target.value)  # naive means UTC
+            at = as_utc(target.value)  # naive means UTC
             if snap.end_wall > at:
                 continue
         elif cut.next_ct is not None and snap.end >= cut.next_ct:

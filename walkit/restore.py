@@ -30,7 +30,7 @@ import shutil
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from bson.json_util import CANONICAL_JSON_OPTIONS
 from bson.timestamp import Timestamp
 from pymongo import errors as pm
 
-from .clock import Clock, SystemClock
+from .clock import Clock, SystemClock, as_utc
 from .errors import RestoreError, WalkitError
 from .home import Home
 from .mongo import connect, describe_error
@@ -67,10 +67,6 @@ class RestoreResult:
     offsite: Any = None  # the OffsitePlan, for a restore from the external service
 
 
-def _aware(dt: datetime) -> datetime:
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
-
-
 def scan_wal(wal_dir: Path, target: Target, renames: list[tuple[Timestamp, tuple[str, ...]]] | None = None) -> tuple[list[Run], Cut | None]:
     """The WAL's runs, and the cut for ``target`` (None if the target lies in no run).
 
@@ -83,7 +79,7 @@ def scan_wal(wal_dir: Path, target: Target, renames: list[tuple[Timestamp, tuple
     resume_ct: Timestamp | None = None
     # resolving the cut
     want = int(target.value) if target.kind != "at" else None  # type: ignore[arg-type]
-    at = _aware(target.value) if isinstance(target.value, datetime) else None
+    at = as_utc(target.value) if isinstance(target.value, datetime) else None
     found_run: int | None = None
     last_seq: int | None = None  # last event included
     group_ct: Timestamp | None = None  # its clusterTime: later events with the same one are included too
@@ -116,7 +112,7 @@ def scan_wal(wal_dir: Path, target: Target, renames: list[tuple[Timestamp, tuple
             cur = {"start_ct": start, "start_wall": wall, "end_ct": ct, "end_wall": wall, "first": None, "last": None, "gap": gap}
             gap, resume_ct = None, None
         cur["end_ct"], cur["end_wall"] = max(cur["end_ct"], ct), wall or cur["end_wall"]
-        if wall is not None and (cur["start_wall"] is None or _aware(wall) < _aware(cur["start_wall"])):
+        if wall is not None and (cur["start_wall"] is None or as_utc(wall) < as_utc(cur["start_wall"])):
             cur["start_wall"] = wall  # a capture that began at a snapshot's start records earlier changes after its checkpoint
         if rec.kind != "e":
             continue
@@ -144,7 +140,7 @@ def scan_wal(wal_dir: Path, target: Target, renames: list[tuple[Timestamp, tuple
                     found_run, last_seq, next_ct, done = here, before_group, ct, True
             else:
                 assert at is not None
-                if wall is not None and _aware(wall) <= at:
+                if wall is not None and as_utc(wall) <= at:
                     found_run, last_seq, group_ct, next_ct = here, seq, ct, None
                 elif found_run == here and ct == group_ct:
                     last_seq = seq  # the rest of a transaction that committed at or before the instant
@@ -163,8 +159,8 @@ def scan_wal(wal_dir: Path, target: Target, renames: list[tuple[Timestamp, tuple
         return runs, Cut(runs[found_run], last_seq, next_ct)
     assert at is not None
     for index, run in enumerate(runs):
-        start = run.start_wall and _aware(run.start_wall)
-        end = run.end_wall and _aware(run.end_wall)
+        start = run.start_wall and as_utc(run.start_wall)
+        end = run.end_wall and as_utc(run.end_wall)
         if start is not None and end is not None and start <= at <= end:
             if found_run != index:  # no event at or before the instant in this run: the snapshot alone
                 return runs, Cut(run, None, None)
@@ -185,7 +181,7 @@ def prepare_restore(
     clock = clock or SystemClock()
     if target.kind == "at":
         assert isinstance(target.value, datetime)
-        if _aware(target.value) > clock.now():
+        if as_utc(target.value) > clock.now():
             raise RestoreError(f"{target.value.isoformat()} is in the future")
     snapshots = list_snapshots(home)
     if database is None:  # snapshots of one database only: that is the one meant
@@ -195,9 +191,9 @@ def prepare_restore(
     renames: list[tuple[Timestamp, tuple[str, ...]]] = []
     runs, cut = scan_wal(home.wal_dir, target, renames)
     if cut is None and target.kind == "at":
-        at = _aware(target.value)  # type: ignore[arg-type]
+        at = as_utc(target.value)  # type: ignore[arg-type]
         for start, end, run in windows(snapshots, runs):
-            if start is not None and end is not None and _aware(start) <= at <= _aware(end):
+            if start is not None and end is not None and as_utc(start) <= at <= as_utc(end):
                 cut = Cut(run, None, None)  # after a snapshot, before the run's first change: the snapshot alone
                 break
     if cut is None:
@@ -223,23 +219,23 @@ def _collections_in_wal(home: Home, plan: RestorePlan) -> set[str]:
 
 
 def _outside(target: Target, runs: list[Run]) -> str:
-    at = _aware(target.value) if isinstance(target.value, datetime) else None
+    at = as_utc(target.value) if isinstance(target.value, datetime) else None
     if not runs:
         return "the WAL holds nothing yet"
     for before, after in zip(runs, runs[1:], strict=False):
         gap = after.gap_before
-        if at is not None and before.end_wall and after.start_wall and _aware(before.end_wall) < at < _aware(after.start_wall):
+        if at is not None and before.end_wall and after.start_wall and as_utc(before.end_wall) < at < as_utc(after.start_wall):
             when = gap.wall.isoformat() if gap and gap.wall else "?"
             return (
                 f"it falls in a gap (seq {gap.seq if gap else '?'} at {when}: {gap.reason if gap else 'history lost'}): the WAL has "
-                f"changes up to {_aware(before.end_wall).isoformat()} and again from {_aware(after.start_wall).isoformat()} "
+                f"changes up to {as_utc(before.end_wall).isoformat()} and again from {as_utc(after.start_wall).isoformat()} "
                 "(the latter restorable only from a snapshot taken after the gap)"
             )
     first, last = runs[0].start_wall, runs[-1].end_wall
-    if at is not None and first is not None and at < _aware(first):
-        return f"it is before the WAL begins ({_aware(first).isoformat()})"
+    if at is not None and first is not None and at < as_utc(first):
+        return f"it is before the WAL begins ({as_utc(first).isoformat()})"
     return (
-        f"it is after the newest change the WAL holds ({_aware(last).isoformat() if last else '?'}); while idle, capture "
+        f"it is after the newest change the WAL holds ({as_utc(last).isoformat() if last else '?'}); while idle, capture "
         "records its position every 10 s and at every stop, so retry shortly, or name the newest event with --seq"
     )
 

@@ -30,7 +30,7 @@ from .home import Home
 from .providers.base import ExternalBackupProvider
 from .quota import QuotaLedger
 from .snapshot import SnapshotInfo, list_snapshots
-from .upload import offsite_position, uploaded_calls
+from .upload import position_after, uploaded_calls
 from .wal import Report, list_segments, summarize
 
 __all__ = ["prune", "PruneReport"]
@@ -71,7 +71,7 @@ def prune(
     report = PruneReport()
     wal_cut, snap_cut = now - timedelta(days=wal_days), now - timedelta(days=snapshot_days)
     calls = uploaded_calls(ledger, provider)
-    uploaded, _ = offsite_position(ledger, provider)
+    uploaded, _ = position_after(calls)
     uploaded_to = max((datetime.fromisoformat(c.what["last_wall"]) for c in calls if c.what.get("last_wall")), default=None)
     offsite_snaps = sorted(datetime.fromisoformat(c.what["snapshot"]["end_wall"]) for c in calls if c.what.get("snapshot"))
 

@@ -20,7 +20,7 @@ from .providers.base import ExternalBackupProvider
 from .quota import QuotaLedger
 from .restore import scan_wal
 from .snapshot import list_snapshots
-from .upload import offsite_position, uploaded_calls
+from .upload import last_offsite_snapshot, position_after, uploaded_calls
 
 __all__ = ["status"]
 
@@ -35,7 +35,7 @@ def status(home: Home, ledger: QuotaLedger, provider: ExternalBackupProvider | N
     now = clock.now()
     out: dict[str, Any] = {"now": now.isoformat(), "home": str(home.path), "quota": ledger.status()}
     calls = uploaded_calls(ledger, provider)
-    position, last = offsite_position(ledger, provider)
+    position, last = position_after(calls)
     out["last_upload"] = None if last is None else {
         "call": last.id, "at": last.at.isoformat(), "ref": last.ref, "index": last.what.get("index"),
         "first_seq": last.what.get("first_seq"), "last_seq": last.what.get("last_seq"),
@@ -54,7 +54,7 @@ def status(home: Home, ledger: QuotaLedger, provider: ExternalBackupProvider | N
                 pending["newest_change"] = rec.wt.isoformat()
     except WalkitError as exc:
         pending["error"] = str(exc)
-    offsite_snap = max((datetime.fromisoformat(c.what["snapshot"]["end_wall"]) for c in calls if c.what.get("snapshot")), default=None)
+    offsite_snap, _ = last_offsite_snapshot(calls)
     pending["snapshots"] = [s.id for s in snaps if offsite_snap is None or s.end_wall > offsite_snap]
     out["waiting"] = pending
     # restorable windows

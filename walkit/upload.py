@@ -37,7 +37,7 @@ from .providers.base import ExternalBackupProvider
 from .quota import Call, QuotaLedger
 from .snapshot import SnapshotInfo, list_snapshots, take_snapshot
 
-__all__ = ["Policy", "UploadResult", "upload", "prepare_bundle", "offsite_position", "uploaded_calls", "bundles_dir", "quota_dir"]
+__all__ = ["Policy", "UploadResult", "upload", "prepare_bundle", "offsite_position", "position_after", "uploaded_calls", "last_offsite_snapshot", "bundles_dir", "quota_dir"]
 
 
 def bundles_dir(home: Home) -> Path:
@@ -103,18 +103,18 @@ def uploaded_calls(ledger: QuotaLedger, provider: ExternalBackupProvider | None 
 
 def offsite_position(ledger: QuotaLedger, provider: ExternalBackupProvider | None = None) -> tuple[Position, Call | None]:
     """Where the next bundle starts, and the last upload it follows (None: nothing off-site yet)."""
-    done = uploaded_calls(ledger, provider)
+    return position_after(uploaded_calls(ledger, provider))
+
+
+def position_after(done: list[Call]) -> tuple[Position, Call | None]:
+    """:func:`offsite_position` of calls already read with :func:`uploaded_calls`."""
     if not done:
         return Position(), None
     last = max(done, key=lambda c: (int(c.what["index"]), int(c.what["last_seq"])))
-    what = last.what
-    ct = what.get("last_ct")
-    from bson.timestamp import Timestamp
-
-    return Position(int(what["index"]), int(what["last_seq"]), Timestamp(ct["t"], ct["i"]) if ct else None, str(what["seal"])), last
+    return Position.after_upload(last.what), last
 
 
-def _last_offsite_snapshot(calls: list[Call]) -> tuple[datetime | None, int | None]:
+def last_offsite_snapshot(calls: list[Call]) -> tuple[datetime | None, int | None]:
     """When the newest snapshot off-site was consistent, and its bundle's index."""
     best: tuple[datetime | None, int | None] = (None, None)
     for call in calls:
@@ -127,7 +127,7 @@ def _last_offsite_snapshot(calls: list[Call]) -> tuple[datetime | None, int | No
 
 
 def _choose_snapshot(home: Home, policy: Policy, calls: list[Call], clock: Clock, uri: str | None, notes: list[str]) -> SnapshotInfo | None:
-    offsite_at, _ = _last_offsite_snapshot(calls)
+    offsite_at, _ = last_offsite_snapshot(calls)
     now = clock.now()
     due = offsite_at is None or (policy.snapshot_every_days > 0 and now - offsite_at >= timedelta(days=policy.snapshot_every_days))
     if not due:
@@ -174,9 +174,9 @@ def prepare_bundle(
     policy = policy or Policy()
     notes = notes if notes is not None else []
     calls = uploaded_calls(ledger, provider)
-    after, _ = offsite_position(ledger, provider)
+    after, _ = position_after(calls)
     snapshot = _choose_snapshot(home, policy, calls, clock, uri, notes)
-    _, snap_index = _last_offsite_snapshot(calls)
+    _, snap_index = last_offsite_snapshot(calls)
     keep_from = _keep_from(snapshot, calls, after) if snapshot is not None else (snap_index or 1)
     folder = out or bundles_dir(home)
     folder.mkdir(parents=True, exist_ok=True)

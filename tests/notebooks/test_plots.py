@@ -6,12 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
-
-pd = pytest.importorskip("pandas")
-pytest.importorskip("matplotlib")
-
-from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.figure import Figure
 
 from walkit import plots  # noqa: E402
 
@@ -228,7 +225,7 @@ def test_save_writes_a_png_creating_the_folder(tmp_path: Path) -> None:
 # -- a real run ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def result(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    simulate = pytest.importorskip("walkit.simulate").simulate
+    from walkit.simulate import simulate
     return simulate(days=3, writes_per_day=50, failure_rate=0.0, seed=0, workdir=tmp_path_factory.mktemp("sim"))
 
 

@@ -17,14 +17,20 @@ from walkit.wal import read_records
 
 def test_the_instant_a_snapshot_is_consistent_from_restores_when_capture_started_after_it(mongo_uri: str, tmp_path: Path) -> None:
     db_name = unique("edge")
-    client = pymongo.MongoClient(mongo_uri)
-    client[db_name].items.insert_many([{"_id": i, "v": i} for i in range(5)])
     home = tmp_path / "home"
-    snap = take_snapshot(mongo_uri, Home(home), database=db_name)  # no capture yet: it will start at this scan's start
-    time.sleep(0.3)
-    with capturing(mongo_uri, home, database=db_name):
-        client[db_name].items.insert_one({"_id": 99})
-        time.sleep(0.5)
+    with pymongo.MongoClient(mongo_uri) as client:
+        client[db_name].items.insert_many([{"_id": i, "v": i} for i in range(5)])
+        snap = take_snapshot(mongo_uri, Home(home), database=db_name, progress=False)  # capture will start at this scan's start
+        time.sleep(0.3)  # so that capture's first record is written measurably after the snapshot is consistent
+        with capturing(mongo_uri, home, database=db_name):
+            client[db_name].items.insert_one({"_id": 99})
+            deadline = time.monotonic() + 20
+            while not any(rec.event().get("documentKey", {}).get("_id") == 99 for rec in read_records(Home(home).wal_dir, kinds=("e",))):
+                assert time.monotonic() < deadline, "capture did not record the insert"
+                time.sleep(0.02)
+        client.drop_database(db_name)
+    first_record = min(rec.wt for rec in read_records(Home(home).wal_dir, kinds=("e", "c")) if rec.kind == "c")
+    assert snap.end_wall < first_record, "the edge is not exercised: capture began before the snapshot was consistent"
     # the window starts at the snapshot's consistency, which is before capture's first checkpoint
     state = state_at(Home(home), Target("at", snap.end_wall), database=db_name)
     assert len(state[f"{db_name}.items"]) == 5

@@ -277,7 +277,7 @@ def test_the_snapshot_policy_decides_which_bundles_carry_one(tmp_path: Path, eve
         without = [m["size"] for m in metas if not m["snapshot"]]
         assert min(with_snap) > max(without) + 48 * 1024, (with_snap, without)
         # keep_from: the oldest bundle a restore from this one's chain needs
-        assert [m["keep_from"] for m in metas] == [m["index"] if m["snapshot"] else 1 for m in metas] if every else [1] * len(metas)
+        assert [m["keep_from"] for m in metas] == ([m["index"] if m["snapshot"] else 1 for m in metas] if every else [1] * len(metas))
         if every == 7:
             assert metas[-1]["snapshot"]["id"] != metas[0]["snapshot"]["id"]
         at = changes[-2]  # the last day's changes before the newest bundle

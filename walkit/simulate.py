@@ -127,7 +127,7 @@ class _Workload:
         return op, coll, key, UpdateOne({"_id": key}, {"$inc": {"n": 1}, "$set": {"status": status}})
 
 
-def _day_times(rng: random.Random, day_start: datetime, writes: int) -> list[int]:
+def _day_times(rng: random.Random, writes: int) -> list[int]:
     """How many writes fall into each bucket of the day (a multinomial draw on DAILY_SHAPE)."""
     buckets = PER_DAY
     per_hour = int(timedelta(hours=1) / BUCKET)
@@ -197,9 +197,9 @@ def simulate(
 
     from .capture import ChangeCapture
     from .clock import SimulatedClock
-    from .errors import ConfigError, ProviderError, QuotaExceededError
+    from .errors import ConfigError, QuotaExceededError
     from .home import Home
-    from .offsite import list_offsite, resolve_chain, restore_from_external
+    from .offsite import list_offsite, resolve_chain
     from .plan import Target
     from .providers import MockExternalBackupProvider
     from .quota import QuotaLedger
@@ -207,8 +207,8 @@ def simulate(
     from .snapshot import list_snapshots, take_snapshot
     from .upload import Policy, quota_dir, upload
 
-    if days < 1 or writes_per_day < 0 or not 0 <= backup_hour <= 23 or not 0 <= failure_rate <= 1 or keyspace < 1:
-        raise ConfigError("simulate needs days >= 1, writes_per_day >= 0, backup_hour 0..23, failure_rate 0..1, keyspace >= 1")
+    if days < 1 or writes_per_day < 0 or not isinstance(backup_hour, int) or not 0 <= backup_hour <= 23 or not 0 <= failure_rate <= 1 or keyspace < 1:
+        raise ConfigError("simulate needs days >= 1, writes_per_day >= 0, backup_hour a whole hour 0..23, failure_rate 0..1, keyspace >= 1")
     params = {k: v for k, v in locals().items() if k in (
         "days", "writes_per_day", "backup_hour", "failure_rate", "snapshot_interval_hours", "snapshot_every_days", "seed", "wal",
         "keyspace", "baseline_snapshot_hours", "sample_minutes", "verify_restores")}
@@ -259,23 +259,20 @@ def simulate(
         for day in range(days):
             day_start = origin + timedelta(days=day)
             upload_at = day_start + timedelta(hours=backup_hour)
-            counts = _day_times(rng, day_start, writes_per_day)
-            uploaded = False
+            counts = _day_times(rng, writes_per_day)
             for b, count in enumerate(counts):
                 at = day_start + b * BUCKET
-                for moment, what in sorted([(next_snap, "snapshot")] if next_snap and next_snap <= at else []) + (
-                    [(upload_at, "upload")] if not uploaded and upload_at <= at else []
-                ):
-                    clock.set(moment)
+                if snap_every is not None and next_snap is not None and next_snap <= at:  # a snapshot due before these writes
+                    clock.set(next_snap)
                     if cap is not None:
                         _wait_for(cap, written)
-                    if what == "snapshot":
-                        take_snapshot(box.uri, home, database=DATABASE, clock=clock, progress=False)
-                        assert snap_every is not None and next_snap is not None
-                        next_snap = next_snap + snap_every
-                    else:
-                        uploads.append(_attempt(upload, home, mock, ledger, policy, box.uri, clock, day, ProviderError, QuotaExceededError))
-                        uploaded = True
+                    take_snapshot(box.uri, home, database=DATABASE, clock=clock, progress=False)
+                    next_snap += snap_every
+                if at == upload_at:  # the backup hour is a whole hour: it starts a bucket
+                    clock.set(upload_at)
+                    if cap is not None:
+                        _wait_for(cap, written)
+                    uploads.append(_attempt(home, mock, ledger, policy, box.uri, clock, day))
                 if not count:
                     continue
                 clock.set(at)
@@ -291,11 +288,6 @@ def simulate(
                 written += count
                 if day * PER_DAY + b in check_buckets:
                     recorded.append((at, _state(client)))
-            if not uploaded:  # a backup hour at the very end of the day with no bucket after it
-                clock.set(upload_at)
-                if cap is not None:
-                    _wait_for(cap, written)
-                uploads.append(_attempt(upload, home, mock, ledger, policy, box.uri, clock, day, ProviderError, QuotaExceededError))
             bar.update(1)
         bar.close()
         end = origin + timedelta(days=days)
@@ -316,7 +308,7 @@ def simulate(
         # -- the tidy tables --------------------------------------------------------------
         ev = pd.DataFrame(events, columns=["time", "op", "collection", "key"])
         ev["time"] = pd.to_datetime(ev["time"], utc=True)
-        snaps = [s for s in list_snapshots(home)]
+        snaps = list_snapshots(home)
         snapshots = pd.DataFrame(
             [(s.end_wall, s.id, s.documents, s.size) for s in snaps], columns=["time", "id", "documents", "bytes"]
         )
@@ -338,7 +330,7 @@ def simulate(
             "daily_dump_site_lost": _series(samples, dump_times, origin),
             "snapshots_db_lost": _series(samples, base_snaps, origin),
         })
-        windows = _windows(home, snaps, uploads, pd)
+        windows = _windows(home, snaps, uploads)
 
         # -- restores from the external bundles alone, compared with the recorded states ---------
         checks = passed = 0
@@ -349,7 +341,7 @@ def simulate(
             covered = [(t, s) for t, s in recorded if any(a <= t <= b for a, b in span)]
             for t, expected in check_rng.sample(covered, min(verify_restores, len(covered))):
                 checks += 1
-                got = _restored(restore_from_external, mock, Target("at", t), work / f"check-{checks}")
+                got = _restored(mock, Target("at", t), work / f"check-{checks}")
                 if got == {k: v for k, v in expected.items() if v}:
                     passed += 1
                 else:
@@ -384,16 +376,19 @@ def simulate(
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _attempt(upload: Any, home: Any, mock: Any, ledger: Any, policy: Any, uri: str, clock: Any, day: int, provider_error: type, quota_error: type) -> dict[str, Any]:
+def _attempt(home: Any, mock: Any, ledger: Any, policy: Any, uri: str, clock: Any, day: int) -> dict[str, Any]:
     """One daily call, as a row of the uploads table."""
+    from .errors import ProviderError, QuotaExceededError
+    from .upload import upload
+
     row: dict[str, Any] = {"time": clock.now(), "day": day, "ok": False, "outcome": "failed", "bytes": 0, "index": None,
                            "first_seq": None, "last_seq": None, "covers_from": None, "covers_to": None, "snapshot": False, "error": None}
     try:
         result = upload(home, mock, ledger, policy=policy, uri=uri, clock=clock, progress=False)
-    except quota_error as exc:
+    except QuotaExceededError as exc:
         row.update(outcome="refused", error=str(exc))
         return row
-    except provider_error as exc:
+    except ProviderError as exc:
         row["error"] = str(exc)
         call = ledger.calls()[-1] if ledger.calls() else None
         meta = call.what if call is not None else {}
@@ -408,7 +403,9 @@ def _attempt(upload: Any, home: Any, mock: Any, ledger: Any, policy: Any, uri: s
     return row
 
 
-def _windows(home: Any, snaps: list[Any], uploads: list[dict[str, Any]], pd: Any) -> Any:
+def _windows(home: Any, snaps: list[Any], uploads: list[dict[str, Any]]) -> Any:
+    import pandas as pd
+
     from .plan import Target, windows
     from .restore import scan_wal
 
@@ -427,11 +424,13 @@ def _windows(home: Any, snaps: list[Any], uploads: list[dict[str, Any]], pd: Any
     return out
 
 
-def _restored(restore_from_external: Any, mock: Any, target: Any, folder: Path) -> dict[str, list[bytes]]:
+def _restored(mock: Any, target: Any, folder: Path) -> dict[str, list[bytes]]:
     """The state a restore from the external bundles alone gives, as raw BSON per collection."""
     import bson
     from bson.codec_options import CodecOptions
     from bson.raw_bson import RawBSONDocument
+
+    from .offsite import restore_from_external
 
     restore_from_external(mock, target, to_dump=folder, progress=False)
     out = {}

@@ -44,7 +44,8 @@ from .mongo import connect, describe_error, redact
 from .plan import Target
 from .plan import windows as plan_windows
 from .replay import DOC
-from .restore import TEMP, RestoreResult, prepare_restore, restore, scan_wal, state_at
+from .replay import _id_key as id_key
+from .restore import TEMP, RestoreResult, restore, scan_wal, state_at
 from .snapshot import list_snapshots
 from .wal import read_records
 
@@ -81,11 +82,6 @@ def _utc(value: Any) -> datetime:
     if not isinstance(value, datetime):
         raise WalkitError(f"not an instant: {value!r} (give a datetime)")
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
-
-
-def _id_key(doc_id: Any) -> bytes:
-    """How walkit keys a document: the BSON bytes of its ``_id``."""
-    return bson.encode({"_id": doc_id}, codec_options=DOC)
 
 
 def _plain(value: Any) -> Any:
@@ -246,7 +242,7 @@ class Explorer:
         state: State = {}
         for ns, docs in raw.items():
             decoded = (bson.decode(doc, DOC) for doc in docs)
-            state[ns] = {_id_key(doc["_id"]): doc for doc in decoded}
+            state[ns] = {id_key(doc["_id"]): doc for doc in decoded}
         self._states[at] = state
         while len(self._states) > self._cache_size:
             self._states.popitem(last=False)
@@ -267,7 +263,7 @@ class Explorer:
         window = self.window()
         if window.last_seq is not None:
             raw = state_at(self.home, Target("seq", window.last_seq), database=self.database, clock=self.clock)
-            return {ns: {_id_key(d["_id"]): d for d in (bson.decode(x, DOC) for x in docs)} for ns, docs in raw.items()}
+            return {ns: {id_key(d["_id"]): d for d in (bson.decode(x, DOC) for x in docs)} for ns, docs in raw.items()}
         return self.state(window.end)
 
     def _databases(self) -> list[str]:
@@ -291,7 +287,7 @@ class Explorer:
                 for coll in db.list_collection_names():
                     if coll.startswith(("system.", TEMP)):
                         continue
-                    state[f"{name}.{coll}"] = {_id_key(doc["_id"]): doc for doc in db[coll].find()}
+                    state[f"{name}.{coll}"] = {id_key(doc["_id"]): doc for doc in db[coll].find()}
         except pm.PyMongoError as exc:
             raise RestoreError(f"cannot read the live database at {redact(self.uri)}: {describe_error(exc) or exc}") from None
         finally:
@@ -371,11 +367,11 @@ class Explorer:
                 "(to replace a database on purpose, use `walkit restore --drop`)"
             )
         report(1, f"planning the restore of {at.isoformat()}")
-        plan, _, _ = prepare_restore(self.home, Target("at", at), clock=self.clock, database=self.database)
-        report(2, f"replaying {plan.events} event(s) onto snapshot {plan.snapshot.id}")
+        report(2, "loading the snapshot and replaying the WAL onto it")
         result = restore(self.home, Target("at", at), to_uri=uri, to_db=name, database=self.database, progress=False, clock=self.clock)
         total = sum(result.documents.values())
-        report(3, f"restored {total} document(s) in {len(result.documents)} collection(s) into {name!r}")
+        report(3, f"restored {total} document(s) in {len(result.documents)} collection(s) into {name!r} "
+                  f"({result.events} event(s) replayed onto snapshot {result.plan.snapshot.id})")
         return result
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import subprocess
@@ -12,6 +11,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from walkit.bundle import sha256_file as sha256_of  # noqa: F401 - re-exported for the provider tests
 
 REPO = Path(__file__).resolve().parents[2]
 BIG = 20 * 1024 * 1024
@@ -42,14 +43,6 @@ class BigFile:
     path: Path
     size: int
     sha256: str
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def python(code: str, *args: str, **popen: Any) -> subprocess.Popen[bytes]:

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..clock import Clock, SystemClock
-from ..errors import ConfigError, ProviderError, ProviderUnavailableError, RateLimitError, StorageLimitError, WalkitError
+from ..errors import ConfigError, ProviderError, ProviderUnavailableError, RateLimitError, StorageLimitError
 from ..walwriter import fsync_dir
 from .base import CHUNK, ExternalBackupProvider, Limits, StoredBackup, UploadData, open_upload
 
@@ -495,8 +495,6 @@ def _read_blob(folder: Path, record: dict[str, Any], out: BinaryIO) -> int:
         raise ProviderError(f"the blob {path} of backup {record['ref']!r} is damaged ({exc}); it cannot be restored") from None
     except OSError as exc:
         raise ProviderError(f"could not download {record['ref']!r} from {path} ({exc.strerror or exc})") from None
-    except WalkitError:
-        raise
     if size != record["size"] or sha != record["sha256"]:
         raise ProviderError(
             f"the blob {path} of backup {record['ref']!r} is damaged: {size:,} bytes with sha256 {sha[:12]}..., but "

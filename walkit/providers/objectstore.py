@@ -30,7 +30,7 @@ from typing import Any, BinaryIO
 from ..clock import Clock, SystemClock
 from ..errors import ConfigError, ProviderError, ProviderUnavailableError, WalkitError
 from ..walwriter import fsync_dir
-from .base import ExternalBackupProvider, Limits, StoredBackup, UploadData
+from .base import ExternalBackupProvider, StoredBackup, UploadData
 from .filesystem import (
     FORMAT,
     SIDECAR,
@@ -204,10 +204,6 @@ class ObjectStoreBackupProvider(ExternalBackupProvider):
                 if not parent or parent == path:
                     return False
                 path = parent
-
-    def limits(self) -> Limits:
-        """No known limits (object stores rarely say)."""
-        return Limits()
 
     def __repr__(self) -> str:
         return f"ObjectStoreBackupProvider({self.url!r})"

@@ -199,8 +199,12 @@ def take_snapshot(
     snap_id = "snap-" + created.strftime("%Y%m%dT%H%M%S.%f")[:-3] + "Z-" + secrets.token_hex(3)
     tmp = root / f".tmp-{snap_id}"
     tmp.mkdir()
-    busy = os.open(tmp / ".busy", os.O_WRONLY | os.O_CREAT, 0o644)  # locked while this snapshot is written
+    # locked while this snapshot is written; locked before it appears in the folder, so another
+    # snapshot's clean-up never finds it unlocked (it would take the folder for a crashed one's)
+    lock = root / f".lock-{snap_id}"
+    busy = os.open(lock, os.O_WRONLY | os.O_CREAT, 0o644)
     fcntl.flock(busy, fcntl.LOCK_EX)
+    os.rename(lock, tmp / ".busy")
     client = None
     try:
         client = connect(uri)

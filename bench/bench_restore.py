@@ -49,7 +49,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +74,7 @@ from walkit.snapshot import iter_documents, list_snapshots, take_snapshot
 from walkit.wal import read_records
 from walkit.walwriter import WALWriter, raw_event
 
-EPOCH = datetime(2024, 5, 1, tzinfo=timezone.utc)
+EPOCH = datetime(2024, 5, 1, tzinfo=UTC)
 RAW = CodecOptions(document_class=RawBSONDocument, tz_aware=True)
 BATCH = 1000
 LIMIT_MB = 500

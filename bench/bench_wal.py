@@ -35,7 +35,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,7 @@ from walkit.sandbox import SandboxProcess
 from walkit.wal import read_records
 from walkit.walwriter import WALWriter, raw_event
 
-EPOCH = datetime(2024, 5, 1, tzinfo=timezone.utc)
+EPOCH = datetime(2024, 5, 1, tzinfo=UTC)
 DECODE = CodecOptions(tz_aware=True)
 WORDS = [f"{w}{n}" for w in ("order", "tea", "blue", "parcel", "Zürich", "refund", "express", "note", "id", "x") for n in ("", "7", "42", "-3", "b9f")]
 

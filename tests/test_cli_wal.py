@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +34,9 @@ from walkit.wal import list_segments, read_records
 from walkit.walwriter import WALWriter, raw_event
 
 WAIT = 20.0
-READ = CANONICAL_JSON_OPTIONS.with_options(tz_aware=True, tzinfo=timezone.utc)
+READ = CANONICAL_JSON_OPTIONS.with_options(tz_aware=True, tzinfo=UTC)
 EVENTS = 40  # 20 inserts, 10 updates, 10 deletes
-DOC = {"name": "Zoë", "n": Int64(2**40), "price": Decimal128("9.99"), "at": datetime(1960, 1, 2, 3, 4, 5, 6000, tzinfo=timezone.utc), "tags": ["a", {"b": []}], "pad": "p" * 300}
+DOC = {"name": "Zoë", "n": Int64(2**40), "price": Decimal128("9.99"), "at": datetime(1960, 1, 2, 3, 4, 5, 6000, tzinfo=UTC), "tags": ["a", {"b": []}], "pad": "p" * 300}
 
 
 def walkit(*argv: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -237,7 +237,7 @@ def test_capture_without_a_uri_is_one_line_and_exit_2(tmp_path: Path) -> None:
 def big_wal(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A home with far more `wal show` output than a pipe buffer holds."""
     home = tmp_path_factory.mktemp("big") / "home"
-    start = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    start = datetime(2024, 1, 1, tzinfo=UTC)
     with WALWriter(home / "wal", fsync_interval=0, segment_bytes=256 * 1024) as writer:
         for i in range(3000):
             oid = ObjectId()

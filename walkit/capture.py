@@ -150,6 +150,11 @@ class ChangeCapture:
             where += f", except {', '.join(self.exclude)}"
         return where
 
+    @property
+    def snapshotting(self) -> bool:
+        """True while capture's own snapshot (fresh home, or after a gap) is being taken."""
+        return self._snapshotter is not None and self._snapshotter.is_alive()
+
     def stop(self) -> None:
         """Ask :meth:`run` to catch up, flush everything and return (thread-safe)."""
         self._stop.set()

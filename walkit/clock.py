@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Protocol, runtime_checkable
 
 __all__ = ["Clock", "SystemClock", "SimulatedClock", "as_utc"]
@@ -21,7 +21,7 @@ __all__ = ["Clock", "SystemClock", "SimulatedClock", "as_utc"]
 
 def as_utc(dt: datetime) -> datetime:
     """``dt`` with a time zone: a naive datetime means UTC (as everywhere in walkit)."""
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
 @runtime_checkable
@@ -41,7 +41,7 @@ class SystemClock:
     """The machine's wall clock."""
 
     def now(self) -> datetime:
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
 
     def sleep(self, seconds: float) -> None:
         time.sleep(max(0.0, seconds))
@@ -58,10 +58,10 @@ class SimulatedClock:
     """
 
     def __init__(self, start: datetime | None = None) -> None:
-        start = start or datetime(2026, 1, 1, tzinfo=timezone.utc)
+        start = start or datetime(2026, 1, 1, tzinfo=UTC)
         if start.tzinfo is None:
-            start = start.replace(tzinfo=timezone.utc)
-        self._now = start.astimezone(timezone.utc)
+            start = start.replace(tzinfo=UTC)
+        self._now = start.astimezone(UTC)
         self._lock = threading.Lock()
 
     def now(self) -> datetime:
@@ -80,9 +80,9 @@ class SimulatedClock:
     def set(self, instant: datetime) -> None:
         """Jump to ``instant`` (naive means UTC)."""
         if instant.tzinfo is None:
-            instant = instant.replace(tzinfo=timezone.utc)
+            instant = instant.replace(tzinfo=UTC)
         with self._lock:
-            self._now = instant.astimezone(timezone.utc)
+            self._now = instant.astimezone(UTC)
 
     def sleep(self, seconds: float) -> None:
         self.advance(max(0.0, seconds))

@@ -22,7 +22,7 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -232,7 +232,7 @@ def plan_external(provider: ExternalBackupProvider, target: Target) -> OffsitePl
         usable = [b for b in chain.bundles if b.snapshot and int(b.snapshot.get("wal_seq_before") or 0) < want]
     if not usable:
         raise RestoreError(f"cannot restore {target} from the external service: it is before the first off-site snapshot; {where}")
-    snap_bundle = max(usable, key=lambda b: (b.snapshot_wall or datetime.min.replace(tzinfo=timezone.utc), b.index))
+    snap_bundle = max(usable, key=lambda b: (b.snapshot_wall or datetime.min.replace(tzinfo=UTC), b.index))
     seq_before = int(snap_bundle.snapshot.get("wal_seq_before") or 0)  # type: ignore[union-attr]
     start = next((i for i, b in enumerate(chain.bundles) if b.last_seq >= seq_before and (seq_before or i == 0)), 0)
     start = min(start, chain.bundles.index(snap_bundle))

@@ -32,7 +32,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -123,7 +123,7 @@ class QuotaLedger:
             return last.at + DAY
         local = last.at.astimezone(self.tz)
         next_day = (local + timedelta(days=1)).date()
-        return datetime(next_day.year, next_day.month, next_day.day, tzinfo=self.tz).astimezone(timezone.utc)
+        return datetime(next_day.year, next_day.month, next_day.day, tzinfo=self.tz).astimezone(UTC)
 
     def status(self) -> dict[str, Any]:
         last = self.last_spent()

@@ -38,7 +38,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -213,7 +213,7 @@ def simulate(
         "days", "writes_per_day", "backup_hour", "failure_rate", "snapshot_interval_hours", "snapshot_every_days", "seed", "wal",
         "keyspace", "baseline_snapshot_hours", "sample_minutes", "verify_restores")}
     began = time.perf_counter()
-    origin = (start or datetime(2026, 1, 5, tzinfo=timezone.utc)).astimezone(timezone.utc)
+    origin = (start or datetime(2026, 1, 5, tzinfo=UTC)).astimezone(UTC)
     clock = SimulatedClock(origin)
     rng = random.Random(seed)
     check_rng = random.Random(seed + 1)
@@ -410,7 +410,7 @@ def _windows(home: Any, snaps: list[Any], uploads: list[dict[str, Any]]) -> Any:
     from .restore import scan_wal
 
     rows: list[tuple[str, str, Any, Any]] = []
-    runs, _ = scan_wal(home.wal_dir, Target("at", datetime(1970, 1, 1, tzinfo=timezone.utc)))
+    runs, _ = scan_wal(home.wal_dir, Target("at", datetime(1970, 1, 1, tzinfo=UTC)))
     for a, b, _run in windows(snaps, runs):
         rows.append(("local WAL", "local snapshots + WAL", a, b))
     for s in snaps:

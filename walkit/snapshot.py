@@ -32,7 +32,7 @@ import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -164,7 +164,7 @@ def _server_time(client: Any, session: Any) -> tuple[Timestamp, datetime]:
     wall = hello.get("localTime")
     if not isinstance(ts, Timestamp) or not isinstance(wall, datetime):
         raise SnapshotError("the server reported no cluster time; snapshots need a replica set (or the sandbox)")
-    return ts, wall if wall.tzinfo else wall.replace(tzinfo=timezone.utc)
+    return ts, wall if wall.tzinfo else wall.replace(tzinfo=UTC)
 
 
 def _write_json(path: Path, text: str) -> None:

@@ -7,7 +7,7 @@ Never writes anything and never calls the service's upload.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from .bundle import slice_records
@@ -58,7 +58,7 @@ def status(home: Home, ledger: QuotaLedger, provider: ExternalBackupProvider | N
     pending["snapshots"] = [s.id for s in snaps if offsite_snap is None or s.end_wall > offsite_snap]
     out["waiting"] = pending
     # restorable windows
-    runs, _ = scan_wal(home.wal_dir, Target("at", datetime(1970, 1, 1, tzinfo=timezone.utc))) if home.wal_dir.exists() else ([], None)
+    runs, _ = scan_wal(home.wal_dir, Target("at", datetime(1970, 1, 1, tzinfo=UTC))) if home.wal_dir.exists() else ([], None)
     out["local"] = [{"from": _iso(a), "to": _iso(b)} for a, b, _ in windows(snaps, runs)]
     newest = max((r.end_wall for r in runs if r.end_wall is not None), default=None)
     out["capture"] = {"newest_record": _iso(newest), "age_seconds": None if newest is None else round((now - newest).total_seconds(), 3)}

@@ -33,7 +33,7 @@ import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
@@ -65,7 +65,7 @@ def frame(body: bytes) -> bytes:
 _KIND_AT = b"\x02k\x00\x02\x00\x00\x00"  # the writer puts k (a one-letter string) first ...
 _SEQ_AT = b"\x12seq\x00"  # ... and an event's or gap's int64 seq right after it
 _I64, _I32, _TS = struct.Struct("<q"), struct.Struct("<i"), struct.Struct("<II")
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _datetime(millis: int) -> Any:

@@ -36,7 +36,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -511,7 +511,7 @@ _I64, _TS, _I32 = struct.Struct("<q"), struct.Struct("<II"), struct.Struct("<i")
 #: An event record up to its ``tok`` value: size, k, seq, ct, wt and the tok element's name.
 _EVENT_HEAD = struct.Struct("<i14sq4sII4sq5s")
 _SEQ_NAME, _CT_NAME, _WT_NAME, _TOK_NAME = _EVENT_KIND + b"\x12seq\x00", b"\x11ct\x00", b"\x09wt\x00", b"\x03tok\x00"
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_NAIVE = datetime(1970, 1, 1)
 _MS = timedelta(milliseconds=1)
 

@@ -28,7 +28,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import bson
@@ -81,7 +81,7 @@ def _utc(value: Any) -> datetime:
         value = value.to_pydatetime()
     if not isinstance(value, datetime):
         raise WalkitError(f"not an instant: {value!r} (give a datetime)")
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _plain(value: Any) -> Any:

@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +50,8 @@ def fancy_document(_id: str) -> dict[str, Any]:
         "dec_nan": Decimal128("NaN"),
         "i64": Int64(-(2**63)),
         "i64_max": Int64(2**63 - 1),
-        "old": datetime(1901, 12, 13, 20, 45, 52, 123000, tzinfo=timezone.utc),
-        "just_before_epoch": datetime(1969, 12, 31, 23, 59, 59, 999000, tzinfo=timezone.utc),
+        "old": datetime(1901, 12, 13, 20, 45, 52, 123000, tzinfo=UTC),
+        "just_before_epoch": datetime(1969, 12, 31, 23, 59, 59, 999000, tzinfo=UTC),
         "uuid": Binary(uuid.UUID("12345678-1234-5678-1234-567812345678").bytes, 4),
         "blob": Binary(b"\x00\xff\x00\x01", 0),
         "re": Regex("^wal.*kit$", "imsx"),
@@ -147,7 +147,7 @@ def write_age_key(path: Path) -> AgeKey:
 
     identity = pyrage.x25519.Identity.generate()
     public = str(identity.to_public())
-    created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     path.write_text(f"# created: {created}\n# public key: {public}\n{identity}\n", encoding="utf-8")
     path.chmod(0o600)
     return AgeKey(identity, identity.to_public(), public, path)
@@ -258,7 +258,7 @@ def everything_under(folder: Path) -> list[str]:
 
 # -- a synthetic multi-segment WAL ----------------------------------------------------------------
 
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def synthetic_event(i: int) -> RawBSONDocument:

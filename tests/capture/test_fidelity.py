@@ -20,7 +20,7 @@ from __future__ import annotations
 import struct
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from walkit.events import ChangeEvent
 from walkit.wal import Record, read_records, verify
 
 #: Decoding that keeps every type as it was inserted (dates outside datetime's range too).
-KEEP = CodecOptions(tz_aware=True, tzinfo=timezone.utc, datetime_conversion=DatetimeConversion.DATETIME_AUTO)
+KEEP = CodecOptions(tz_aware=True, tzinfo=UTC, datetime_conversion=DatetimeConversion.DATETIME_AUTO)
 WAIT = 20.0
 
 
@@ -105,8 +105,8 @@ def every_type() -> dict[str, Any]:
         "negzero": -0.0,
         "inf": float("inf"),
         "ninf": float("-inf"),
-        "before_1970": datetime(1901, 12, 13, 20, 45, 52, 123000, tzinfo=timezone.utc),
-        "after_2038": datetime(2262, 4, 11, 23, 47, 16, 854000, tzinfo=timezone.utc),
+        "before_1970": datetime(1901, 12, 13, 20, 45, 52, 123000, tzinfo=UTC),
+        "after_2038": datetime(2262, 4, 11, 23, 47, 16, 854000, tzinfo=UTC),
         "beyond_python": DatetimeMS(2**62),
         "before_year_1": DatetimeMS(-(2**62)),
         "binaries": binaries,
@@ -169,7 +169,7 @@ def test_every_bson_type_round_trips_byte_for_byte(mongo_uri: str, db: pymongo.d
     assert bytes(change.full_document.raw) == expected
     assert bytes(change.raw.raw) == bytes(event.raw)
     # `walkit wal show --json` (canonical Extended JSON) loses nothing either
-    read_json = CANONICAL_JSON_OPTIONS.with_options(tz_aware=True, tzinfo=timezone.utc, datetime_conversion=DatetimeConversion.DATETIME_AUTO)
+    read_json = CANONICAL_JSON_OPTIONS.with_options(tz_aware=True, tzinfo=UTC, datetime_conversion=DatetimeConversion.DATETIME_AUTO)
     shown = json_util.loads(change.to_json(), json_options=read_json)
     assert bson.encode(shown["fullDocument"]) == expected
     assert shown["seq"] == 1 and shown["op"] == "insert" and shown["documentKey"] == {"_id": doc["_id"]}
@@ -186,7 +186,7 @@ def test_updates_replace_and_delete_have_the_documented_shapes(mongo_uri: str, d
         {"$set": {"meta.by": "bob", "lines.0.qty": 3, "meta.deep.er": Decimal128("1.10")}},
         {"$unset": {"gone": "", "meta.n": ""}},
         {"$push": {"lines": {"sku": "b", "qty": 2}, "meta.tags": {"$each": ["y", "z"]}}},
-        {"$set": {"status": "paid", "paidAt": datetime(1969, 7, 20, 20, 17, tzinfo=timezone.utc)}, "$inc": {"meta.count": Int64(2)}},
+        {"$set": {"status": "paid", "paidAt": datetime(1969, 7, 20, 20, 17, tzinfo=UTC)}, "$inc": {"meta.count": Int64(2)}},
     ]
     replacement = {"_id": 1, "status": "replaced", "ts": Timestamp(5, 6)}
     states = []

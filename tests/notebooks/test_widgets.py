@@ -7,7 +7,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,7 @@ def story(mongo_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             story.writes.append(("update", "orders", i))
             time.sleep(pause)
         time.sleep(0.25)
-        story.client_before = datetime.now(timezone.utc)
+        story.client_before = datetime.now(UTC)
         time.sleep(0.05)
         story.deleted = sorted(d["_id"] for d in db.customers.find({"country": "NL"}))
         db.customers.delete_many({"country": "NL"})  # the mistake
@@ -123,7 +123,7 @@ def test_window_bounds(story: Story, explorer: Explorer) -> None:
     events = explorer.events()
     assert story.snapshot.end_wall <= start <= events["time"].iloc[-len(story.writes)]
     assert end >= events["time"].iloc[-1]
-    assert end <= datetime.now(timezone.utc)
+    assert end <= datetime.now(UTC)
     assert story.just_before in window and window.last_seq == events["seq"].iloc[-1]
     assert explorer.windows() == [window]
     # both ends are restorable; outside them is refused with a walkit error
@@ -132,7 +132,7 @@ def test_window_bounds(story: Story, explorer: Explorer) -> None:
     with pytest.raises(RestoreError):
         explorer.preview(story.snapshot.created - timedelta(seconds=5))
     with pytest.raises(RestoreError, match="future"):
-        explorer.preview(datetime.now(timezone.utc) + timedelta(hours=1))
+        explorer.preview(datetime.now(UTC) + timedelta(hours=1))
 
 
 def test_around_the_mistake(story: Story, explorer: Explorer) -> None:

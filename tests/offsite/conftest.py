@@ -17,7 +17,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ from walkit.sandbox import Sandbox
 from walkit.snapshot import SnapshotInfo, take_snapshot
 from walkit.upload import Policy, UploadResult, quota_dir, upload
 
-START = datetime(2025, 3, 3, tzinfo=timezone.utc)  # a Monday, safely in the past
+START = datetime(2025, 3, 3, tzinfo=UTC)  # a Monday, safely in the past
 BACKUP_HOUR = 23
 RAW = CodecOptions(document_class=RawBSONDocument, tz_aware=True)
 SYSTEM_DBS = ("admin", "config", "local")

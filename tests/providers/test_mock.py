@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -86,7 +86,7 @@ def test_second_upload_within_24h_is_refused_counted_and_stores_nothing(where: d
     assert [c["ref"] for c in calls] == [first, None, second]
     assert [c["size"] for c in calls] == [7, 8, 7]
     assert [c["at"] for c in calls] == [
-        datetime(2026, 1, 1, tzinfo=timezone.utc),
+        datetime(2026, 1, 1, tzinfo=UTC),
         calls[0]["at"] + timedelta(hours=23, minutes=59),
         calls[0]["at"] + timedelta(hours=24),
     ]
@@ -325,7 +325,7 @@ def test_state_survives_kill_9_mid_upload(tmp_path: Path) -> None:
 
     leftovers = [n for n in os.listdir(state / "blobs")]
     assert leftovers and all(n.startswith(".") and ".tmp-" in n for n in leftovers)  # the half-written blob
-    clock = SimulatedClock(datetime.now(timezone.utc))
+    clock = SimulatedClock(datetime.now(UTC))
     p = mock(clock, state_dir=state)
     assert p.list() == []  # nothing half-written is listed
     assert [(c["outcome"], c["ok"]) for c in p.calls] == [("failed", False)]  # the interrupted call counts

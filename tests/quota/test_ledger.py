@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -17,7 +17,7 @@ from walkit.clock import SimulatedClock
 from walkit.errors import ConfigError, QuotaError, QuotaExceededError
 from walkit.quota import QuotaLedger
 
-T0 = datetime(2026, 3, 28, 21, 30, tzinfo=timezone.utc)  # 22:30 in Zurich, the night before DST starts
+T0 = datetime(2026, 3, 28, 21, 30, tzinfo=UTC)  # 22:30 in Zurich, the night before DST starts
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -53,7 +53,7 @@ def test_calendar_window_in_a_time_zone(tmp_path: Path) -> None:
     with q.spend():
         pass
     # the next calendar day in Zurich begins at 2026-03-29 00:00 +01:00 = 23:00 UTC: 90 minutes later
-    assert q.next_allowed() == datetime(2026, 3, 28, 23, 0, tzinfo=timezone.utc)
+    assert q.next_allowed() == datetime(2026, 3, 28, 23, 0, tzinfo=UTC)
     clock.advance(89 * 60)
     with pytest.raises(QuotaExceededError):
         with q.spend():
@@ -62,7 +62,7 @@ def test_calendar_window_in_a_time_zone(tmp_path: Path) -> None:
     with q.spend():
         pass
     # that day is 23 hours long (DST): the next call is allowed at midnight +02:00 = 22:00 UTC
-    assert q.next_allowed() == datetime(2026, 3, 29, 22, 0, tzinfo=timezone.utc)
+    assert q.next_allowed() == datetime(2026, 3, 29, 22, 0, tzinfo=UTC)
 
 
 def test_a_failed_call_is_spent_unless_nothing_was_sent(tmp_path: Path) -> None:

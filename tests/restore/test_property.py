@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import bson
@@ -46,7 +46,7 @@ TALLY = {"compared": 0, "refused": 0}  # so that a run that checks nothing canno
 scalars = st.one_of(
     st.integers(-5, 5),
     st.text("ab✓", max_size=3),
-    st.sampled_from([None, True, 1.5, -0.0, Int64(7), Decimal128("1.10"), datetime(1961, 4, 12, tzinfo=timezone.utc), bson.Binary(b"\x01" * 16, 4)]),
+    st.sampled_from([None, True, 1.5, -0.0, Int64(7), Decimal128("1.10"), datetime(1961, 4, 12, tzinfo=UTC), bson.Binary(b"\x01" * 16, 4)]),
 )
 values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.sampled_from(["z", "w", "q"]), inner, max_size=2)), max_leaves=4)
 docs = st.fixed_dictionaries({}, optional={"x": values, "y": values, "arr": st.lists(scalars, max_size=3), "n": st.integers(0, 3)})
@@ -218,7 +218,7 @@ def test_state_at_an_instant_before_every_snapshot_is_refused(env: tuple[str, Ho
     db = client[f"early{next(counter)}"]
     db.t.insert_one({"_id": 1})
     time.sleep(0.01)
-    mark = datetime.now(timezone.utc)
+    mark = datetime.now(UTC)
     time.sleep(0.01)
     take_snapshot(uri, home, database=db.name, progress=False)
     db.t.insert_one({"_id": 2})
@@ -233,7 +233,7 @@ def test_state_at_an_instant_before_every_snapshot_is_refused(env: tuple[str, Ho
     got = state_at(home, Target("at", last.get("wt")), database=db.name)
     assert [RawBSONDocument(r)["_id"] for r in got[f"{db.name}.t"]] == [1, 2]
     with pytest.raises(RestoreError) as info:  # beyond what the WAL holds: not known yet
-        state_at(home, Target("at", datetime.now(timezone.utc) + timedelta(hours=1)), database=db.name)
+        state_at(home, Target("at", datetime.now(UTC) + timedelta(hours=1)), database=db.name)
     assert "future" in str(info.value)
 
 

@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +103,7 @@ class Scenario:
 
 
 ITEMS = [
-    {"_id": 0, "sku": "A", "price": Decimal128("9.99"), "n": Int64(2**40), "at": datetime(1960, 1, 2, tzinfo=timezone.utc), "tags": [["x"], []]},
+    {"_id": 0, "sku": "A", "price": Decimal128("9.99"), "n": Int64(2**40), "at": datetime(1960, 1, 2, tzinfo=UTC), "tags": [["x"], []]},
     {"_id": 1, "sku": "B", "price": Decimal128("0.10"), "x": {"deep": [1, {"y": 2}]}, "re": Regex("^b", "i")},
     {"_id": 2, "sku": "C", "price": Decimal128("-1E+3"), "n": Int64(-1)},
     {"_id": 3, "sku": "D", "note": "Zoë"},
@@ -122,7 +122,7 @@ def scenario(mongo_uri: str, client: pymongo.MongoClient, tmp_path_factory: pyte
     try:
         with capturing(mongo_uri, home, database=name):
             time.sleep(0.03)
-            before_snapshot = datetime.now(timezone.utc)
+            before_snapshot = datetime.now(UTC)
             time.sleep(0.03)
             snap = take_snapshot(mongo_uri, Home(home), database=name, progress=False)
             scenario = Scenario(mongo_uri, home, name, snap, before_snapshot)
@@ -280,7 +280,7 @@ def test_restore_of_some_collections_into_a_database(scenario: Scenario, client:
 
 
 def _future() -> str:
-    return (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat()
+    return (datetime.now(UTC) + timedelta(hours=1)).isoformat()
 
 
 @pytest.mark.parametrize(
@@ -371,7 +371,7 @@ def test_a_gap_is_never_crossed(scenario: Scenario, client: pymongo.MongoClient,
         writer.close()
     assert gap_seq == len(OPS) + 1
     time.sleep(0.03)
-    in_gap = datetime.now(timezone.utc)
+    in_gap = datetime.now(UTC)
     time.sleep(0.03)
 
     cap = ChangeCapture(scenario.uri, Home(home), database=scenario.db, fsync_interval=0.05)

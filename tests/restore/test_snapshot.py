@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -74,8 +74,8 @@ VARIED = [
         "dec_special": Decimal128("NaN"),
         "big": Int64(2**62 + 1),
         "small": Int64(-5),
-        "old": datetime(1901, 12, 13, 20, 45, 52, 123000, tzinfo=timezone.utc),
-        "epoch_minus": datetime(1969, 12, 31, 23, 59, 59, 999000, tzinfo=timezone.utc),
+        "old": datetime(1901, 12, 13, 20, 45, 52, 123000, tzinfo=UTC),
+        "epoch_minus": datetime(1969, 12, 31, 23, 59, 59, 999000, tzinfo=UTC),
         "uuid": Binary(uuid.UUID("12345678-1234-5678-1234-567812345678").bytes, 4),
         "blob": Binary(b"\x00\xff\x00", 0),
         "re": Regex("^wal.*kit$", "imsx"),

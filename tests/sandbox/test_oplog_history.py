@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pymongo
@@ -21,7 +21,7 @@ from walkit import SimulatedClock
 from walkit.sandbox import Sandbox
 
 AWAIT_MS = 50
-START = datetime(2031, 5, 6, 7, 8, 9, tzinfo=timezone.utc)
+START = datetime(2031, 5, 6, 7, 8, 9, tzinfo=UTC)
 
 
 @contextmanager

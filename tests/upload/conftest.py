@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from walkit.sandbox import Sandbox
 from walkit.snapshot import SnapshotInfo, take_snapshot
 from walkit.upload import UploadResult, bundles_dir, quota_dir, upload
 
-T0 = datetime(2025, 6, 10, 6, 0, tzinfo=timezone.utc)
+T0 = datetime(2025, 6, 10, 6, 0, tzinfo=UTC)
 DAY = timedelta(hours=24)
 WAIT = 20.0
 DB = "shop"

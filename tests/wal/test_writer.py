@@ -16,7 +16,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from walkit.home import Home
 from walkit.wal import FRAME, Record, iter_frames, list_segments, read_records, verify
 from walkit.walwriter import WALWriter, raw_event
 
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 # -- helpers (also used by test_verify.py) ---------------------------------------------

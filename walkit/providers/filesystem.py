@@ -33,7 +33,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -363,12 +363,12 @@ def _exclusive(lock_path: Path, what: str, timeout: float = 60.0) -> Iterator[No
 
 
 def _new_ref(prefix: str, now: datetime) -> str:
-    return f"{prefix}-{now.astimezone(timezone.utc):%Y%m%dT%H%M%S%f}Z-{secrets.token_hex(4)}"
+    return f"{prefix}-{now.astimezone(UTC):%Y%m%dT%H%M%S%f}Z-{secrets.token_hex(4)}"
 
 
 def _parse_time(text: str) -> datetime:
     at = datetime.fromisoformat(text)
-    return at if at.tzinfo else at.replace(tzinfo=timezone.utc)
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 def _store(
@@ -402,7 +402,7 @@ def _store(
         "stored_bytes": (folder / file).stat().st_size,
         "sha256": sha,
         "compressed": compress,
-        "uploaded_at": now.astimezone(timezone.utc).isoformat(),
+        "uploaded_at": now.astimezone(UTC).isoformat(),
         "metadata": metadata,
     }
     if call is not None:

@@ -30,7 +30,7 @@ import random
 import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -347,7 +347,7 @@ class MockExternalBackupProvider(ExternalBackupProvider):
             "ref": ref,
             "size": size,
             "sha256": sha,
-            "uploaded_at": at.astimezone(timezone.utc).isoformat(),
+            "uploaded_at": at.astimezone(UTC).isoformat(),
             "metadata": meta,
             "call": n,
         }

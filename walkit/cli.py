@@ -14,10 +14,12 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from datetime import UTC
 from pathlib import Path
 
 from . import __version__
 from .cli_offsite import add_age_identity, add_provider, register
+from .cli_service import register as register_service
 from .errors import ConfigError, WalkitError
 from .home import Home
 from .story import register as register_story
@@ -231,13 +233,13 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
 
 
 def _instant(text: str) -> object:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     try:
         value = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time, e.g. 2026-11-25T10:31:06 (UTC) or 2026-11-25T11:31:06+01:00") from None
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
@@ -428,6 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_home(p)
     p.set_defaults(func=cmd_restore)
     register(sub, add_home)
+    register_service(sub, add_home)
     register_story(sub)
     return parser
 

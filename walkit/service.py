@@ -1,0 +1,473 @@
+"""The backup worker: capture + local snapshots + the daily call + retention, in one process.
+
+``BackupService(uri, home, provider=..., daily_backup_hour=2).start()`` (or
+``walkit run``) runs, until :meth:`BackupService.stop`:
+
+- **capture** (:class:`ChangeCapture`) in a thread: every change into the
+  WAL, resuming after a restart exactly where the WAL ends; if it fails
+  (anything capture does not retry itself), the worker logs it, reports
+  itself unhealthy and starts capture again after a pause;
+- a **scheduler** thread that, every ``tick`` seconds, on the service's
+  clock:
+
+  * takes a local snapshot when the newest is ``snapshot_interval_hours``
+    old (0: never; no quota is used);
+  * makes the **daily call** once the day's ``BACKUP_HOUR`` has passed (in
+    ``quota_tz``) and no call was spent since, as soon as the quota ledger
+    allows (so an hour missed while the worker was down is caught up at the
+    next opportunity, and a call made by hand earlier counts for its day's
+    slot only).  A service that could not be reached (nothing sent) is
+    tried again every ``retry_minutes``; a call that failed after it was
+    sent waits for the next window, as the ledger requires;
+  * prunes (``WAL_RETENTION_DAYS``/``SNAPSHOT_RETENTION_DAYS``) after each
+    day's call and once at start.
+
+- ``HOME/worker.json`` is rewritten every tick with :meth:`live` (the
+  counters ``walkit serve`` in another process shows).
+
+Guaranteed: :meth:`stop` lets capture catch up and fsync everything before it
+returns; a ``kill -9`` at any point loses nothing acknowledged (the WAL and
+the ledger are crash-safe) and never leads to a second call in a window.
+Not guaranteed: snapshots and calls happen at the tick's resolution, not at
+the exact second.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from . import settings
+from .capture import ChangeCapture
+from .clock import Clock, SystemClock
+from .config import Config
+from .errors import ProviderError, ProviderUnavailableError, QuotaExceededError, ServerError, StorageLimitError, WalkitError
+from .home import Home
+from .mongo import describe_error, redact
+from .providers.base import ExternalBackupProvider
+from .quota import QuotaLedger
+from .retention import PruneReport, prune
+from .snapshot import SnapshotInfo, list_snapshots, take_snapshot
+from .upload import Policy, UploadResult, quota_dir, upload
+
+log = logging.getLogger("walkit.service")
+
+__all__ = ["BackupService", "create_backup_service"]
+
+
+class BackupService:
+    """The worker (see the module docstring); the original's ``createBackupService`` options map to
+    ``service_name``, ``database``, ``provider`` (``externalProvider``) and ``daily_backup_hour``."""
+
+    def __init__(
+        self,
+        uri: str,
+        home: Home | str | Path | None = None,
+        *,
+        service_name: str = "walkit",
+        database: str | None = None,
+        provider: ExternalBackupProvider | None = None,
+        daily_backup_hour: int = 2,
+        snapshot_interval_hours: float = 6.0,
+        wal_retention_days: float = 7.0,
+        snapshot_retention_days: float = 30.0,
+        policy: Policy | None = None,
+        recipients: Sequence[Any] = (),
+        quota_window: str = "rolling",
+        quota_tz: str = "UTC",
+        clock: Clock | None = None,
+        tick: float = 1.0,
+        retry_minutes: float = 15.0,
+        capture_options: dict[str, Any] | None = None,
+    ) -> None:
+        if not 0 <= daily_backup_hour <= 23:
+            raise WalkitError(f"daily_backup_hour must be 0..23, got {daily_backup_hour}")
+        self.uri = uri
+        self.home = home if isinstance(home, Home) else Home(home)
+        self.service_name = service_name
+        self.database = database
+        self.clock = clock or SystemClock()
+        self.ledger = QuotaLedger(quota_dir(self.home), window=quota_window, tz=quota_tz, clock=self.clock)
+        self.provider = provider if provider is not None else settings.make_configured_provider(
+            "mock", settings.provider_location("mock", None, self.home), clock=self.clock
+        )
+        self.daily_backup_hour = daily_backup_hour
+        self.tz = ZoneInfo(quota_tz)
+        self.snapshot_interval = timedelta(hours=snapshot_interval_hours)
+        self.wal_retention_days = wal_retention_days
+        self.snapshot_retention_days = snapshot_retention_days
+        self.policy = policy or Policy()
+        self.recipients = list(recipients)
+        self.tick = tick
+        self.retry = timedelta(minutes=retry_minutes)
+        self.capture_options = dict(capture_options or {})
+        self.capture: ChangeCapture | None = None
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._ready = threading.Event()
+        self._capture_error: BaseException | None = None
+        self._earlier = {"events": 0, "gaps": 0, "reconnects": 0}  # counts of capture runs before this one
+        self._counters = {"scheduler_passes": 0, "errors": 0, "capture_restarts": 0, "uploads_ok": 0, "uploads_failed": 0, "snapshots_taken": 0}
+        self._phase = "stopped"
+        self._started_at: datetime | None = None
+        self._first_started_at: datetime | None = None  # of the first worker in this home (HOME/worker.json)
+        self._times: dict[str, datetime | None] = {"last_snapshot_at": None, "last_upload_attempt_at": None, "last_prune_at": None}
+        self._next_snapshot_at: datetime | None = None
+        self._retry_after: datetime | None = None  # the service was unreachable: not before this
+        self._given_up_slot: datetime | None = None  # this slot's call cannot succeed (e.g. too large)
+        self._work = threading.Lock()  # one snapshot/upload/prune at a time in this process
+
+    @classmethod
+    def from_config(cls, config: Config, *, clock: Clock | None = None, **overrides: Any) -> BackupService:
+        """The worker ``walkit run`` starts: every setting from ``config``."""
+        from .errors import ConfigError
+
+        if not config.mongodb_uri:
+            raise ConfigError("MONGODB_URI is not set: the worker needs the replica set to back up (or --uri)")
+        env = config.environ()
+        home = Home(config.walkit_home)
+        kind = settings.provider_kind(None, env)
+        provider = settings.make_configured_provider(kind, settings.provider_location(kind, None, home, env), clock=clock, environ=env)
+        options: dict[str, Any] = dict(
+            service_name=config.walkit_service_name, database=config.walkit_database, provider=provider,
+            daily_backup_hour=config.backup_hour, snapshot_interval_hours=config.walkit_snapshot_interval_hours,
+            wal_retention_days=config.wal_retention_days, snapshot_retention_days=config.snapshot_retention_days,
+            policy=Policy(snapshot_every_days=config.walkit_snapshot_every_days), recipients=settings.recipients(None, env),
+            quota_window=config.walkit_quota_window, quota_tz=config.walkit_quota_tz, clock=clock,
+        )
+        options.update(overrides)
+        return cls(config.mongodb_uri, home, **options)
+
+    # -- life cycle --------------------------------------------------------------------
+    def start(self, timeout: float = 60.0) -> BackupService:
+        """Start capture and the scheduler; returns once capture's stream is open.
+
+        Raises capture's error if it cannot start (wrong URI, not a replica set,
+        WAL locked by another process)."""
+        if self._threads:
+            raise WalkitError("the worker is already running")
+        self._stop.clear()
+        self._started_at = self.clock.now()
+        self._first_started_at = _first_start(self.home) or self._started_at
+        self._phase = "starting"
+        log.info("worker starting: %s from %s into %s", self.service_name, redact(self.uri), self.home.path)
+        capture_thread = threading.Thread(target=self._capture_loop, name="walkit-capture", daemon=True)
+        capture_thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._ready.wait(0.05):
+            if not capture_thread.is_alive() or time.monotonic() > deadline:
+                self._stop.set()
+                capture_thread.join(10)
+                error = self._capture_error or WalkitError(f"capture did not start within {timeout:g} s")
+                if isinstance(error, WalkitError):
+                    raise error
+                raise ServerError(describe_error(error) or f"capture could not start: {error}") from error
+        self._phase = "capturing"
+        scheduler = threading.Thread(target=self._schedule_loop, name="walkit-scheduler", daemon=True)
+        self._threads = [capture_thread, scheduler]
+        scheduler.start()
+        return self
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Stop the scheduler (after its current step), then capture (caught up, fsynced)."""
+        if not self._threads:
+            return
+        self._phase = "stopping"
+        log.info("worker stopping")
+        self._stop.set()
+        if self.capture is not None:
+            self.capture.stop()
+        for thread in self._threads:
+            thread.join(timeout)
+        self._threads = []
+        self._phase = "stopped"
+        self._write_state()
+        log.info("worker stopped; %d events captured in this run, everything is on disk", self.live()["events_captured"])
+
+    def stop_soon(self) -> None:
+        """Ask the worker to stop (safe in a signal handler); :meth:`wait` then returns."""
+        self._stop.set()
+
+    def wait(self) -> None:
+        """Block until :meth:`stop` is called (from another thread or a signal handler)."""
+        while not self._stop.wait(0.5):
+            pass
+
+    def __enter__(self) -> BackupService:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        return bool(self._threads) and not self._stop.is_set()
+
+    # -- actions (the HTTP API's POSTs call these too) ---------------------------------------
+    def snapshot(self) -> SnapshotInfo:
+        """Take a local snapshot now (no quota)."""
+        with self._work, self._in_phase("snapshot"):
+            info = take_snapshot(self.uri, self.home, database=self.database, clock=self.clock, progress=False)
+        self._counters["snapshots_taken"] += 1
+        self._times["last_snapshot_at"] = self.clock.now()
+        self._next_snapshot_at = self.clock.now() + self.snapshot_interval
+        log.info("snapshot %s taken: %d documents", info.id, info.documents, extra={"snapshot": info.id})
+        return info
+
+    def trigger(self) -> UploadResult:
+        """Make the day's one call now: QuotaExceededError (nothing sent) when it is spent."""
+        with self._work, self._in_phase("upload"):
+            self._times["last_upload_attempt_at"] = self.clock.now()
+            try:
+                result = upload(self.home, self.provider, self.ledger, policy=self.policy, recipients=self.recipients, uri=self.uri, clock=self.clock, progress=False)
+            except QuotaExceededError:
+                raise
+            except BaseException:
+                self._counters["uploads_failed"] += 1
+                raise
+        self._counters["uploads_ok"] += 1
+        if result.skipped:
+            log.info("daily call: nothing sent (%s)", result.skipped)
+        else:
+            log.info("daily call made: %s (%d bytes)", result.ref, result.bundle.size if result.bundle else 0, extra={"ref": str(result.ref)})
+        return result
+
+    def prune(self) -> PruneReport:
+        """Apply retention now."""
+        with self._work, self._in_phase("prune"):
+            report = prune(self.home, self.ledger, wal_days=self.wal_retention_days, snapshot_days=self.snapshot_retention_days, clock=self.clock)
+        self._times["last_prune_at"] = self.clock.now()
+        if report.segments or report.snapshots:
+            log.info("pruned %d WAL segments and %d snapshots (%d bytes)", len(report.segments), len(report.snapshots), report.bytes)
+        return report
+
+    # -- what it is doing -------------------------------------------------------------------
+    def next_upload_at(self) -> datetime:
+        """When the scheduler will next make the daily call (if the service answers)."""
+        now = self.clock.now()
+        slot = self._slot(now)
+        last = self.ledger.last_spent()
+        fresh = last is None and self._first_started_at is not None and slot < self._first_started_at
+        due = slot if not fresh and (last is None or last.at < slot) else self._slot(slot + timedelta(days=1, hours=1))
+        return max(now, due, self.ledger.next_allowed(last) or due, self._retry_after or due)
+
+    def live(self) -> dict[str, Any]:
+        """The worker's counters (the HTTP API's ``worker`` part and ``/metrics``)."""
+        stats = self.capture.stats if self.capture else None
+        lags = _recent(stats.lags) if stats else []
+        out: dict[str, Any] = {
+            "service": self.service_name,
+            "running": self.running,
+            "healthy": self.running and self._capture_error is None and self._ready.is_set(),
+            "phase": self._phase,
+            "pid": os.getpid(),
+            "started_at": _iso(self._started_at),
+            "first_started_at": _iso(self._first_started_at),
+            "events_captured": self._earlier["events"] + (stats.events if stats else 0),
+            "gaps": self._earlier["gaps"] + (stats.gaps if stats else 0),
+            "reconnects": self._earlier["reconnects"] + (stats.reconnects if stats else 0),
+            "last_seq": stats.last_seq if stats else None,
+            "capture_lag_p99_seconds": _percentile(lags, 0.99),
+            "capture_lag_max_seconds": max(lags) if lags else None,
+            "capture_error": None if self._capture_error is None else str(self._capture_error),
+            **self._counters,
+            **{k: _iso(v) for k, v in self._times.items()},
+            "next_upload_at": _iso(self.next_upload_at()),
+            "updated_at": _iso(self.clock.now()),
+        }
+        return out
+
+    # -- threads ------------------------------------------------------------------------------
+    def _capture_loop(self) -> None:
+        pause = 1.0
+        while not self._stop.is_set():
+            if self.capture is not None:
+                for key in self._earlier:
+                    self._earlier[key] += getattr(self.capture.stats, key)
+            options = {"clock": SystemClock(), **self.capture_options}  # lags are real seconds, whatever the schedule's clock
+            self.capture = ChangeCapture(self.uri, self.home, database=self.database, **options)
+            self.capture.on_ready = lambda _cap: self._on_capture_ready()
+            try:
+                self.capture.run(self._stop)
+                return
+            except BaseException as exc:  # noqa: BLE001 - reported, then retried
+                self._capture_error = exc
+                self._counters["errors"] += 1
+                if not self._ready.is_set():
+                    return  # start() raises it
+                log.error("capture stopped: %s; starting it again in %.0f s", exc, pause)
+                self._counters["capture_restarts"] += 1
+                self._stop.wait(pause)
+                pause = min(pause * 2, 60.0)
+
+    def _on_capture_ready(self) -> None:
+        self._capture_error = None
+        self._ready.set()
+        assert self.capture is not None and self.capture.writer is not None
+        log.info("capture running: %s, next seq %d", self.capture.scope, self.capture.writer.next_seq)
+
+    def _schedule_loop(self) -> None:
+        self._step(first=True)
+        while not self._stop.wait(self.tick):
+            self._step()
+
+    def _step(self, first: bool = False) -> None:
+        """One scheduler pass; errors are logged and counted, never fatal."""
+        for name, due, action in (
+            ("snapshot", self._snapshot_due, self.snapshot),
+            ("daily call", self._upload_due, self._daily_call),
+            ("retention", lambda: first, self.prune),
+        ):
+            if self._stop.is_set():
+                return
+            try:
+                if due():
+                    action()
+            except WalkitError as exc:
+                self._counters["errors"] += 1
+                log.error("%s failed: %s", name, exc)
+            except Exception as exc:  # noqa: BLE001 - the worker must go on
+                self._counters["errors"] += 1
+                log.exception("%s failed unexpectedly: %s", name, exc)
+        self._counters["scheduler_passes"] += 1
+        self._write_state()
+
+    def _snapshot_due(self) -> bool:
+        if self.snapshot_interval <= timedelta(0) or (self.capture is not None and self.capture.snapshotting):
+            return False
+        now = self.clock.now()
+        if self._next_snapshot_at is None:  # first pass: continue the cadence of the snapshots already here
+            newest = max((s.created for s in list_snapshots(self.home)), default=now)  # none: capture takes the first
+            self._next_snapshot_at = min(max(newest + self.snapshot_interval, now), now + self.snapshot_interval)
+        return now >= self._next_snapshot_at
+
+    def _slot(self, now: datetime) -> datetime:
+        """The latest ``BACKUP_HOUR`` o'clock at or before ``now`` (in the quota's zone)."""
+        local = now.astimezone(self.tz)
+        slot = local.replace(hour=self.daily_backup_hour, minute=0, second=0, microsecond=0)
+        if slot > local:
+            slot -= timedelta(days=1)
+        return slot
+
+    def _upload_due(self) -> bool:
+        now = self.clock.now()
+        slot = self._slot(now)
+        last = self.ledger.last_spent()
+        if last is not None and last.at >= slot:
+            return False  # this slot's call is made
+        if last is None and self._first_started_at is not None and slot < self._first_started_at:
+            return False  # the first worker in this home waits for its first hour (nothing was missed)
+        if self._given_up_slot == slot or (self._retry_after is not None and now < self._retry_after):
+            return False
+        allowed = self.ledger.next_allowed(last)
+        return allowed is None or now >= allowed
+
+    def _daily_call(self) -> None:
+        now = self.clock.now()
+        try:
+            result = self.trigger()
+            self._retry_after = now + self.retry if result.skipped else None  # nothing new: look again later
+        except QuotaExceededError as exc:
+            log.info("daily call not made: %s", exc)
+            return
+        except ProviderUnavailableError as exc:
+            self._retry_after = now + self.retry
+            log.warning("daily call not made, the service is unreachable (%s); trying again at %s; today's call is not spent", exc, _iso(self._retry_after))
+            return
+        except StorageLimitError as exc:
+            self._given_up_slot = self._slot(now)
+            log.error("daily call not made: %s; trying again at the next daily hour", exc)
+            return
+        except ProviderError as exc:
+            log.error("daily call failed after it was sent: %s; the next is allowed at %s", exc, _iso(self.ledger.next_allowed()))
+            return
+        self.prune()
+
+    def _write_state(self) -> None:
+        path = self.home.path / "worker.json"
+        if not self.home.path.is_dir():
+            return
+        tmp = path.with_name(".worker.json.tmp")
+        try:
+            tmp.write_text(json.dumps(self.live(), default=str))
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("cannot write %s: %s", path, exc.strerror)
+
+    def _in_phase(self, phase: str) -> _Phase:
+        return _Phase(self, phase)
+
+
+class _Phase:
+    """Sets the worker's phase for the duration of a step (seen in ``live()`` and worker.json)."""
+
+    def __init__(self, service: BackupService, phase: str) -> None:
+        self.service, self.phase, self.before = service, phase, service._phase
+
+    def __enter__(self) -> None:
+        self.before, self.service._phase = self.service._phase, self.phase
+        self.service._write_state()
+
+    def __exit__(self, *exc: object) -> None:
+        self.service._phase = self.before
+
+
+def create_backup_service(
+    uri: str | None = None,
+    *,
+    serviceName: str | None = None,  # noqa: N803 - the original's option names
+    externalProvider: ExternalBackupProvider | None = None,  # noqa: N803
+    dailyBackupHour: int | None = None,  # noqa: N803
+    **options: Any,
+) -> BackupService:
+    """The original's ``createBackupService({serviceName, database, externalProvider, dailyBackupHour})``;
+    ``uri`` defaults to ``$MONGODB_URI``; any :class:`BackupService` option may be given too."""
+    from .errors import ConfigError
+
+    uri = uri or os.environ.get("MONGODB_URI")
+    if not uri:
+        raise ConfigError("no MongoDB URI: pass uri= or set MONGODB_URI")
+    if serviceName is not None:
+        options["service_name"] = serviceName
+    if externalProvider is not None:
+        options["provider"] = externalProvider
+    if dailyBackupHour is not None:
+        options["daily_backup_hour"] = dailyBackupHour
+    return BackupService(uri, options.pop("home", None), **options)
+
+
+def _first_start(home: Home) -> datetime | None:
+    """When the first worker started in ``home`` (None: never, or unreadable)."""
+    try:
+        return datetime.fromisoformat(json.loads((home.path / "worker.json").read_text())["first_started_at"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _recent(values: Any, n: int = 2000) -> list[float]:
+    for _ in range(3):
+        try:
+            items = list(values)
+            return items[-n:]
+        except RuntimeError:  # appended to while copied
+            continue
+    return []
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 6)

@@ -10,10 +10,12 @@ __version__ = "0.1.0"
 
 from typing import TYPE_CHECKING
 
+from .api import ApiContext, ApiServer, create_app
 from .bundle import Bundle, Position, build_bundle, unpack_bundle, verify_bundle
 from .capture import CaptureStats, ChangeCapture
 from .clock import Clock, SimulatedClock, SystemClock
 from .compat import BackgroundCapture, create_wal_writer
+from .config import Config, load_config
 from .errors import (
     BundleError,
     ConfigError,
@@ -48,6 +50,7 @@ from .providers import (
 from .quota import QuotaLedger
 from .restore import RestoreResult, restore, state_at
 from .retention import PruneReport, prune
+from .service import BackupService, create_backup_service
 from .snapshot import SnapshotInfo, list_snapshots, take_snapshot
 from .status import status as backup_status
 from .upload import Policy, UploadResult, upload
@@ -119,6 +122,13 @@ __all__ = [
     "prune",
     "PruneReport",
     "backup_status",
+    "BackupService",
+    "create_backup_service",
+    "Config",
+    "load_config",
+    "ApiContext",
+    "ApiServer",
+    "create_app",
 ]
 
 if TYPE_CHECKING:

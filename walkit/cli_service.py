@@ -46,7 +46,10 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def _logging(config: Config) -> None:
-    setup_logging(config.walkit_log_format, config.walkit_log_level, secrets=[config.walkit_api_token or "", config.mongodb_uri or ""])
+    from urllib.parse import unquote, urlsplit
+
+    password = unquote(urlsplit(config.mongodb_uri).password or "") if config.mongodb_uri else ""
+    setup_logging(config.walkit_log_format, config.walkit_log_level, secrets=[config.walkit_api_token or "", password])
 
 
 def _stop_on_signals(stop: Any) -> None:

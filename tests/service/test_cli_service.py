@@ -59,12 +59,12 @@ def procs() -> Iterator[list[Proc]]:
 
 
 def test_run_with_http_serves_the_api_logs_json_and_stops_cleanly_on_sigterm(env: dict[str, str], tmp_path: Path, procs: list[Proc], mongo_uri: str) -> None:
-    worker = Proc(["run", "--http", "--port", "0"], env, tmp_path / "run.log")
+    worker = Proc(["run", "--http", "--port", "0"], {**env, "WALKIT_LOG_LEVEL": "debug"}, tmp_path / "run.log")
     procs.append(worker)
     url = worker.url()
     token = env["WALKIT_API_TOKEN"]
     coll = pymongo.MongoClient(mongo_uri).cli_run.orders
-    coll.insert_many([{"k": i} for i in range(50)])
+    coll.insert_many([{"k": i, "card": f"4111-1111-{i:04d}-doc-content"} for i in range(50)])
     wait_for(lambda: httpx.get(f"{url}/backup/status").json()["worker"]["events_captured"] >= 50, what="capture")
     status = httpx.get(f"{url}/backup/status").json()
     assert status["worker"]["running"] and status["worker"]["healthy"] and status["api"]["post_enabled"]
@@ -79,6 +79,7 @@ def test_run_with_http_serves_the_api_logs_json_and_stops_cleanly_on_sigterm(env
     assert records and all({"ts", "level", "logger", "msg"} <= set(r) for r in records)
     messages = " ".join(r["msg"] for r in records)
     assert "worker stopped" in messages and token not in worker.log.read_text()
+    assert "doc-content" not in worker.log.read_text(), "document contents never reach the logs (even at debug)"
     assert walkit("verify", "--home", env["WALKIT_HOME"]).returncode == 0
     calls = [json.loads(line) for line in (Path(env["WALKIT_HOME"]) / "quota" / "ledger.jsonl").read_text().splitlines()]
     assert sum(1 for c in calls if c["kind"] == "intent") == 1, "the 429 sent nothing"

@@ -6,7 +6,7 @@ backup hour :func:`walkit.upload` into a :class:`MockExternalBackupProvider`
 (with its own one-call-per-24 h limit and a failure rate) under a real
 :class:`QuotaLedger`.  The workload is a seeded random mix of inserts, updates
 and deletes over a bounded key space, shaped over the day (busier in office
-hours), written as a few ``bulk_write`` calls per fifteen simulated minutes.  It returns
+hours), written as a few write commands per fifteen simulated minutes (what ``bulk_write`` sends).  It returns
 tidy pandas DataFrames (one row per write, snapshot and upload attempt; the
 recovery-point series; restorable windows) and a summary.
 
@@ -51,6 +51,8 @@ DAILY_SHAPE = (1, 1, 1, 1, 1, 2, 3, 5, 8, 10, 10, 10, 9, 10, 10, 10, 9, 8, 6, 5,
 BUCKET = timedelta(minutes=15)
 PER_DAY = int(timedelta(days=1) / BUCKET)
 DATABASE = "sim"
+#: From this many writes on, the sandbox runs in a child process (if there are two cores).
+PROCESS_WRITES = 100_000
 ORDER = {"insert": 0, "update": 1, "delete": 2}
 
 
@@ -100,10 +102,9 @@ class _Workload:
         self.index[coll][key] = len(self.live[coll])
         self.live[coll].append(key)
 
-    def next(self) -> tuple[str, str, int, Any]:
-        """(op, collection, key, pymongo request)."""
-        from pymongo import DeleteOne, InsertOne, UpdateOne
-
+    def next(self) -> tuple[str, str, int, dict[str, Any]]:
+        """(op, collection, key, statement): the statement as an ``insert``, ``update`` or
+        ``delete`` command carries it."""
         rng = self.rng
         coll = "orders" if rng.random() < 0.8 else "customers"
         live, free = self.live[coll], self.free[coll]
@@ -117,14 +118,33 @@ class _Workload:
             key = free.pop(rng.randrange(len(free)))
             self._add_live(coll, key)
             doc = {"_id": key, "n": 0, "status": "new", "amount": round(rng.random() * 100, 2), "tags": [coll[:-1]]}
-            return op, coll, key, InsertOne(doc)
+            return op, coll, key, doc
         if op == "delete":
             key = self._take_live(coll)
             self.freed[coll].append(key)
-            return op, coll, key, DeleteOne({"_id": key})
+            return op, coll, key, {"q": {"_id": key}, "limit": 1}
         key = live[rng.randrange(len(live))]
         status = rng.choice(("new", "paid", "shipped", "returned"))
-        return op, coll, key, UpdateOne({"_id": key}, {"$inc": {"n": 1}, "$set": {"status": status}})
+        return op, coll, key, {"q": {"_id": key}, "u": {"$inc": {"n": 1}, "$set": {"status": status}}}
+
+
+#: The write command for each op, and the field that holds its statements.
+COMMANDS = {"insert": ("insert", "documents"), "update": ("update", "updates"), "delete": ("delete", "deletes")}
+#: Statements per command at most (MongoDB takes up to 100,000 and 16 MiB).
+MAX_STATEMENTS = 10_000
+
+
+def _write(db: Any, coll: str, op: str, statements: list[dict[str, Any]]) -> None:
+    """Send ``statements`` of one op as ordered write commands, as ``bulk_write`` would
+    (without building its request objects); raise on the first write error."""
+    from pymongo.errors import BulkWriteError
+
+    name, field = COMMANDS[op]
+    for i in range(0, len(statements), MAX_STATEMENTS):
+        reply = db.command(name, coll, ordered=True, **{field: statements[i : i + MAX_STATEMENTS]})
+        concern = reply.get("writeConcernError")
+        if reply.get("writeErrors") or concern:
+            raise BulkWriteError({"writeErrors": reply.get("writeErrors", []), "writeConcernErrors": [concern] if concern else []})
 
 
 def _day_times(rng: random.Random, writes: int) -> list[int]:
@@ -147,6 +167,16 @@ def _wait_for(cap: Any, events: int, timeout: float = 120.0) -> None:
 
             raise WalkitError(f"capture did not catch up within {timeout:.0f} s ({cap.stats.events} of {events} events)")
         time.sleep(0.002)
+
+
+def _cores() -> int:
+    """The CPUs this process may run on."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _state(client: Any) -> dict[str, list[bytes]]:
@@ -188,9 +218,14 @@ def simulate(
     workdir: str | Path | None = None,
     keep: bool = False,
     progress: bool | None = None,
+    sandbox_process: bool | None = None,
 ) -> SimulationResult:
     """Run ``days`` simulated days (see the module docstring); ``wal=False`` runs the same
-    workload, snapshots and daily calls without capture (bundles carry snapshots only)."""
+    workload, snapshots and daily calls without capture (bundles carry snapshots only).
+
+    ``sandbox_process`` runs the sandbox in a child process (its own core; the same
+    results); None: for runs of :data:`PROCESS_WRITES` writes or more on a machine with
+    two cores or more."""
     import pandas as pd
     import pymongo
     from tqdm import tqdm
@@ -214,14 +249,22 @@ def simulate(
         "keyspace", "baseline_snapshot_hours", "sample_minutes", "verify_restores")}
     began = time.perf_counter()
     origin = (start or datetime(2026, 1, 5, tzinfo=UTC)).astimezone(UTC)
-    clock = SimulatedClock(origin)
     rng = random.Random(seed)
     check_rng = random.Random(seed + 1)
     work = Path(tempfile.mkdtemp(prefix="walkit-sim-", dir=workdir))
     home = Home(work / "home").create()
     offsite = work / "offsite"
-    box = Sandbox(0, clock=clock)
-    box.start()
+    if sandbox_process is None:
+        sandbox_process = days * writes_per_day >= PROCESS_WRITES and _cores() > 1
+    box: Any
+    if sandbox_process:
+        from .sandbox.linked import LinkedSandboxProcess
+
+        box = LinkedSandboxProcess(origin)
+        clock: SimulatedClock = box.clock
+    else:
+        clock = SimulatedClock(origin)
+        box = Sandbox(0, clock=clock).start()
     client = pymongo.MongoClient(box.uri)
     mock = MockExternalBackupProvider(latency_ms=0, failure_rate=failure_rate, storage_limit_bytes=None, clock=clock, seed=seed, state_dir=offsite)
     ledger = QuotaLedger(quota_dir(home), clock=clock)
@@ -282,9 +325,11 @@ def simulate(
                 # (a key deleted in a batch is not reused in it), in a few round trips instead of one per change
                 for coll in ("orders", "customers"):
                     mine = sorted((o for o in ops if o[1] == coll), key=lambda o: ORDER[o[0]])
-                    if mine:
-                        db[coll].bulk_write([o[3] for o in mine], ordered=True)
-                        events.extend((at, op, c, key) for op, c, key, _ in mine)
+                    for op in ORDER:
+                        statements = [o[3] for o in mine if o[0] == op]
+                        if statements:
+                            _write(db, coll, op, statements)
+                    events.extend((at, op, c, key) for op, c, key, _ in mine)
                 written += count
                 if day * PER_DAY + b in check_buckets:
                     recorded.append((at, _state(client)))

@@ -100,8 +100,9 @@ class SandboxProcess:
     STDERR_LINES = 200
 
     def __init__(self, port: int = 0, *, oplog_size: int = DEFAULT_OPLOG_SIZE, startup_timeout: float = 30.0) -> None:
-        cmd = [sys.executable, "-m", "walkit", "sandbox", "--port", str(port), "--oplog-size", str(oplog_size), "--quiet"]
-        self.proc = _subprocess.Popen(cmd, stdout=_subprocess.PIPE, stderr=_subprocess.PIPE, text=True, start_new_session=True)
+        self.proc = _subprocess.Popen(
+            self._command(port, oplog_size), stdin=self._stdin, stdout=_subprocess.PIPE, stderr=_subprocess.PIPE, text=True, start_new_session=True
+        )
         self.pid = self.proc.pid
         self._stderr: deque[str] = deque(maxlen=self.STDERR_LINES)
         self._first_lines: queue.Queue[str] = queue.Queue()
@@ -134,6 +135,13 @@ class SandboxProcess:
             self.kill()
             self._join_drains()
             raise SandboxError(f"the sandbox process printed {self.uri} but does not answer: {exc}; {self.stderr_tail().strip()}".rstrip("; ")) from None
+
+    #: The child's stdin (None: this process's own).
+    _stdin: int | None = None
+
+    def _command(self, port: int, oplog_size: int) -> list[str]:
+        """The child's command line."""
+        return [sys.executable, "-m", "walkit", "sandbox", "--port", str(port), "--oplog-size", str(oplog_size), "--quiet"]
 
     def _ping(self, deadline: float) -> None:
         """Wait until the child answers a ``ping`` (it is then serving, signal handlers and all)."""
@@ -194,7 +202,7 @@ class SandboxProcess:
             except _subprocess.TimeoutExpired:
                 self.kill()
         self._join_drains()
-        for stream in (self.proc.stdout, self.proc.stderr):
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             if stream:
                 stream.close()
         return self.proc.returncode

@@ -31,6 +31,7 @@ from typing import Any
 
 import bson
 from bson.int64 import Int64
+from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 from mongomock_ng.aggregate import process_pipeline
 
@@ -48,6 +49,7 @@ OPTIONS = {
 }
 DEFAULT_AWAIT_MS = 1000
 READ_CHUNK = 1000
+RAW_CODEC = CODEC.with_options(document_class=RawBSONDocument)
 
 
 @dataclass
@@ -141,7 +143,7 @@ class StreamCursor:
             raise CommandError(280, "Encountered an event whose _id field, which contains the resume token, was modified by the pipeline. Modifying the _id field of an event makes it impossible to resume the stream from that point.")
         return out[0]
 
-    def _invalidate(self, eng: Engine, entry: Entry, events: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    def _invalidate(self, eng: Engine, entry: Entry, events: list[Any]) -> tuple[list[Any], dict[str, str]]:
         """End the stream with ``entry``'s invalidate, passed through the user's
         stages like any event: a ``$match`` may hide it, yet the stream still
         closes and its last postBatchResumeToken is the invalidate's token."""
@@ -153,9 +155,9 @@ class StreamCursor:
         return events, inv["_id"]
 
     # -- batches -----------------------------------------------------------------
-    def collect(self, eng: Engine, limit: int) -> tuple[list[dict[str, Any]], dict[str, str]]:
-        """The next batch of events and its postBatchResumeToken (no waiting)."""
-        events: list[dict[str, Any]] = []
+    def collect(self, eng: Engine, limit: int) -> tuple[list[Any], Any]:
+        """The next batch of events (encoded, as RawBSONDocuments) and its postBatchResumeToken (no waiting)."""
+        events: list[Any] = []
         used = 0
         oplog = eng.oplog
         if self.pending_invalidate is not None:
@@ -173,8 +175,9 @@ class StreamCursor:
                     continue
                 ev = self._through_pipeline(eng, self.render(eng, entry))
                 if ev is not None:
-                    events.append(ev)
-                    used += len(bson.encode(ev, codec_options=CODEC))
+                    raw = bson.encode(ev, codec_options=CODEC)  # once: the reply copies these bytes
+                    events.append(RawBSONDocument(raw, RAW_CODEC))
+                    used += len(raw)
                 if self.invalidates(entry):
                     if len(events) >= limit or used >= MAX_BSON_SIZE:
                         self.pending_invalidate = entry

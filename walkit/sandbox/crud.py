@@ -24,12 +24,12 @@ import mongomock_ng
 from bson.int64 import Int64
 from bson.regex import Regex
 
-from . import storage  # noqa: F401  (patches mongomock-ng on import)
+from . import storage  # (also patches mongomock-ng on import)
 from .diff import update_description
 from .engine import Ctx, Engine, command
 from .errors import CommandError
 from .sessions import WAIT_FOR_TXN
-from .updates import update_by_id
+from .updates import apply_by_id, update_by_id
 from .wire import CODEC, MAX_BSON_SIZE
 
 DEFAULT_FIRST_BATCH = 101
@@ -122,8 +122,8 @@ def _by_id(coll: Any, query: dict[str, Any]) -> list[Any] | None:
     key; None for any other query (the caller scans)."""
     if len(query) != 1 or "_id" not in query or isinstance(query["_id"], (dict, list, tuple, re.Pattern, Regex)):
         return None
-    found = list(coll._iter_documents(query))  # the store's _id-keyed lookup (see storage.py)
-    return [found[0]["_id"]] if found else []
+    found = storage.stored(coll, query["_id"])  # the store's _id-keyed lookup (see storage.py)
+    return [] if found is None else [found["_id"]]
 
 
 def _claim_or_wait(eng: Engine, ctx: Ctx, name: str, key: Any) -> None:
@@ -200,13 +200,24 @@ def _is_replacement(update: Any) -> bool:
     return not any(k.startswith("$") for k in update)
 
 
-def _log_change(eng: Engine, ctx: Ctx, name: str, key: Any, pre: dict[str, Any], post: dict[str, Any] | None, replacement: bool) -> bool:
-    """Log the change of one document; False when nothing changed."""
+def _log_change(
+    eng: Engine, ctx: Ctx, name: str, key: Any, pre: dict[str, Any], post: dict[str, Any] | None, replacement: bool, stored: bool = False
+) -> bool:
+    """Log the change of one document; False when nothing changed.
+
+    ``stored``: ``post`` is the stored document itself, so the log keeps copies of it.
+    """
     if post is None or _bytes(pre) == _bytes(post):
         return False
     desc = None if replacement else update_description(pre, post)
     op = "replace" if desc is None else "update"
-    eng.record(ctx, eng.new_entry(op, ctx.db, name, doc_key={"_id": key}, pre=pre, post=post, update=desc))
+    entry = eng.new_entry(op, ctx.db, name, doc_key={"_id": key}, pre=pre, post=post, update=desc)
+    if stored:
+        if desc is not None:
+            desc["updatedFields"] = {path: storage.clone(value) for path, value in desc["updatedFields"].items()}
+        # an update's post-image is kept only with changeStreamPreAndPostImages (see Engine.publish)
+        entry.post = storage.clone(post) if op == "replace" or entry.images else None
+    eng.record(ctx, entry)
     return True
 
 
@@ -249,16 +260,31 @@ def _check_id_kept(update: dict[str, Any], key: Any) -> None:
 
 def _modify_one(
     eng: Engine, ctx: Ctx, coll: Any, key: Any, query: dict[str, Any], update: Any, replacement: bool, array_filters: Any
-) -> tuple[dict[str, Any], dict[str, Any], bool]:
-    """Update or replace the document ``key`` and log it: (before, after, changed)."""
-    pre = coll.find_one({"_id": key})
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None, bool]:
+    """Update or replace the document ``key`` and log it: (before, after, changed).
+
+    ``before`` is the caller's; ``after`` may be the stored document itself (copy it to keep it).
+    """
+    if isinstance(update, dict) and not replacement:
+        images = apply_by_id(coll, key, query, update, array_filters)
+        if images is None:  # expired meanwhile (a TTL index)
+            return None, None, False
+        pre, post = images
+        return pre, post, _log_change(eng, ctx, coll.name, key, pre, post, replacement, stored=True)
+    pre = _read(coll, key)
     if replacement:
         _check_id_kept(update, key)
         coll.replace_one({"_id": key}, {"_id": key, **{k: v for k, v in update.items() if k != "_id"}})
     else:
         update_by_id(coll, key, query, pre, update, array_filters)
-    post = coll.find_one({"_id": key})
+    post = _read(coll, key)
     return pre, post, _log_change(eng, ctx, coll.name, key, pre, post, replacement)
+
+
+def _read(coll: Any, key: Any) -> Any:
+    """A copy of the document ``key`` (None if there is none), as ``find_one({_id: key})`` gives it."""
+    doc = storage.stored(coll, key)
+    return None if doc is None else storage.clone(doc)
 
 
 def _apply_update(eng: Engine, ctx: Ctx, coll: Any, stmt: dict[str, Any]) -> tuple[int, int, Any]:
@@ -334,10 +360,10 @@ def _delete(eng: Engine, ctx: Ctx) -> dict[str, Any]:
 
 
 def _delete_one(eng: Engine, ctx: Ctx, coll: Any, key: Any) -> dict[str, Any] | None:
-    pre = coll.find_one({"_id": key})
+    """Delete the document ``key`` and log it; return it (None if there was none)."""
+    pre = storage.pop_doc(coll, key)  # no longer stored: ours to keep
     if pre is None:
         return None
-    coll.delete_one({"_id": key})
     eng.record(ctx, eng.new_entry("delete", ctx.db, coll.name, doc_key={"_id": key}, pre=pre))
     return pre
 
@@ -382,7 +408,7 @@ def _find_and_modify(eng: Engine, ctx: Ctx) -> dict[str, Any]:
             "value": _project(eng, ctx, value and _id_first(value), fields),
         }
     pre, post, _ = _modify_one(eng, ctx, coll, ids[0], query, update, replacement, ctx.arg("arrayFilters"))
-    value = post if ctx.arg("new") else pre
+    value = storage.clone(post) if ctx.arg("new") else pre  # the reply is encoded after the lock is released
     return {"lastErrorObject": {"n": 1, "updatedExisting": True}, "value": _project(eng, ctx, value, fields)}
 
 

@@ -20,16 +20,28 @@ replacement instead; below the top level such a sub-document is set whole.
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import bson
+from bson.int64 import Int64
+from bson.objectid import ObjectId
 
 from .wire import CODEC
 
+#: Types whose values are equal exactly when their BSON encodings are (a float is not: -0.0 == 0.0).
+_PLAIN = frozenset({str, int, bool, type(None), Int64, ObjectId})
+_DOUBLE = struct.Struct("<d")
+
 
 def _same(a: Any, b: Any) -> bool:
-    if type(a) is not type(b):
+    kind = type(a)
+    if kind is not type(b):
         return False
+    if kind in _PLAIN:
+        return bool(a == b)
+    if kind is float:
+        return _DOUBLE.pack(a) == _DOUBLE.pack(b)
     return bson.encode({"v": a}, codec_options=CODEC) == bson.encode({"v": b}, codec_options=CODEC)
 
 

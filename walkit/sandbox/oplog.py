@@ -186,4 +186,9 @@ class Oplog:
                 lo = mid + 1
             else:
                 hi = mid
-        return list(itertools.islice(entries, lo, lo + limit))
+        n = len(entries)
+        if lo >= n - limit:  # the newest entries (what a stream that keeps up reads): from the right end
+            newest = list(itertools.islice(reversed(entries), n - lo))
+            newest.reverse()
+            return newest
+        return list(itertools.islice(entries, lo, lo + limit))  # (a deque walks from the left)

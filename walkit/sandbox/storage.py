@@ -9,6 +9,8 @@ its only user here):
 - a filter that is just ``{_id: value}`` finds its document by key, not by
   scanning the collection (as MongoDB uses the ``_id`` index), so updates
   and deletes by ``_id`` cost the same whatever the collection's size;
+  :func:`stored`, :func:`store_doc` and :func:`pop_doc` read, put and remove
+  one document by ``_id`` straight on the store, without a cursor or a copy;
 - ``$inc`` and ``$mul`` follow MongoDB's numeric types (int32 < int64 <
   double < decimal; int32 overflow widens to int64, int64 overflow is an
   error); mongomock-ng's ``$inc`` turns NumberLong into a plain int and it
@@ -20,7 +22,7 @@ from __future__ import annotations
 import collections
 import decimal
 import re
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
 import bson
@@ -108,6 +110,47 @@ def _iter_documents(self: Any, filter: Any) -> Any:  # noqa: A002 - mongomock-ng
 
 
 mongomock_ng.collection.Collection._iter_documents = _iter_documents
+
+
+# -- one document by _id, straight on the store ------------------------------------
+
+
+def clone(value: Any) -> Any:
+    """A copy of a document's containers, as mongomock-ng's reads return them (every
+    mapping a new dict, every list a new list); other values are immutable and shared."""
+    kind = type(value)
+    if kind is dict:
+        return {k: clone(v) for k, v in value.items()}
+    if kind is list:
+        return [clone(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: clone(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [clone(v) for v in value]
+    return value
+
+
+def stored(coll: Any, key: Any) -> dict[str, Any] | None:
+    """The stored document with ``_id`` ``key`` itself (not a copy: never change it).
+
+    These three helpers skip mongomock-ng's reader/writer lock: every command
+    runs under the engine's lock, the only way to the store.
+    """
+    store = coll._store
+    store._remove_expired_documents()
+    return store._documents.get(key)  # type: ignore[no-any-return]
+
+
+def store_doc(coll: Any, doc: dict[str, Any]) -> None:
+    """Store ``doc`` in place of the document with its ``_id`` (keeping its natural order)."""
+    coll._store._documents[doc["_id"]] = doc
+
+
+def pop_doc(coll: Any, key: Any) -> dict[str, Any] | None:
+    """Remove the document with ``_id`` ``key`` and return it (it is no longer stored: the caller owns it)."""
+    store = coll._store
+    store._remove_expired_documents()
+    return store._documents.pop(key, None)  # type: ignore[no-any-return]
 
 
 # -- arithmetic update operators ---------------------------------------------------

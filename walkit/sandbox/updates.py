@@ -12,10 +12,11 @@ answers code 2.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import mongomock_ng
 
+from . import storage
 from .errors import CommandError
 
 
@@ -140,18 +141,72 @@ def _resolve_positional(update: Any, query: dict[str, Any], doc: dict[str, Any])
     return {op: fields for op, fields in out.items() if fields}
 
 
+def _apply_to_copy(coll: Any, before: dict[str, Any], update: dict[str, Any], array_filters: Any) -> dict[str, Any]:
+    """mongomock-ng's ``update_one({_id: ...}, update)`` of the stored document ``before``, for a
+    plain operator update, run on a copy that then takes its place (the store is untouched on
+    error); returns the copy, now stored."""
+    from mongomock_ng import helpers
+    from mongomock_ng.collection import validate_against_validator, validate_ok_for_update
+
+    validate_ok_for_update(update)
+    spec = helpers.patch_datetime_awareness_in_document({"_id": before["_id"]})
+    document = helpers.patch_datetime_awareness_in_document(update)
+    after = storage.clone(before)
+    coll._current_array_filters = array_filters or []
+    try:
+        coll._apply_update_document(after, spec, document, False)
+    finally:
+        coll._current_array_filters = None
+    if after != before:  # mongomock-ng's own checks, in its order
+        if before.get("_id") != after.get("_id"):
+            raise mongomock_ng.WriteError(
+                f"After applying the update, the (immutable) field '_id' was found to have been altered to _id: {after.get('_id')}"
+            )
+        options = coll.options()
+        validate = True
+        if options.get("validationLevel", "strict") == "moderate":
+            try:
+                validate_against_validator(before, options)
+            except mongomock_ng.WriteError:
+                validate = False
+        if validate:
+            validate_against_validator(after, options)
+        coll._ensure_uniques(after)
+    storage.store_doc(coll, after)
+    return after
+
+
 def update_by_id(coll: Any, key: Any, query: dict[str, Any], pre: dict[str, Any], update: Any, array_filters: Any) -> None:
     """Apply an operator (or pipeline) update to the one document ``key``."""
     try:
         coll.update_one({"_id": key}, _resolve_positional(update, query, pre), array_filters=array_filters)
     except mongomock_ng.OperationFailure as exc:
         coll.replace_one({"_id": key}, pre)  # a failed update changes nothing
+        _raise_as_command_error(exc)
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
+        coll.replace_one({"_id": key}, pre)  # mongomock-ng could not apply it: leave the document as it was
+        _raise_as_command_error(exc)
+
+
+def apply_by_id(coll: Any, key: Any, query: dict[str, Any], update: dict[str, Any], array_filters: Any) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """:func:`update_by_id` for an operator update (not a pipeline), without mongomock-ng's
+    cursors: (before, after), the document as it was (no longer stored, so the caller owns
+    it) and as it is now (stored: copy it before keeping it); None when there is none."""
+    before = storage.stored(coll, key)
+    if before is None:
+        return None
+    try:
+        return before, _apply_to_copy(coll, before, _resolve_positional(update, query, before), array_filters)
+    except (mongomock_ng.OperationFailure, ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
+        _raise_as_command_error(exc)
+
+
+def _raise_as_command_error(exc: Exception) -> NoReturn:
+    """Re-raise what mongomock-ng raised for an update as MongoDB says it."""
+    if isinstance(exc, mongomock_ng.OperationFailure):
         if "(immutable) field '_id'" in str(exc):
             raise CommandError(66, str(exc)) from None
-        raise
-    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
-        # mongomock-ng could not apply it: leave the document as it was.
-        coll.replace_one({"_id": key}, pre)
-        if str(exc).startswith("Invalid modifier specified"):
-            raise CommandError(9, f"Unknown modifier: {str(exc).rsplit(' ', 1)[-1]}") from None
-        raise CommandError(2, f"the walkit sandbox cannot apply this update ({type(exc).__name__}: {exc}); MongoDB may accept it") from None
+        raise exc
+    if str(exc).startswith("Invalid modifier specified"):
+        raise CommandError(9, f"Unknown modifier: {str(exc).rsplit(' ', 1)[-1]}") from None
+    raise CommandError(2, f"the walkit sandbox cannot apply this update ({type(exc).__name__}: {exc}); MongoDB may accept it") from None

@@ -129,7 +129,9 @@ def windows(snapshots: list[SnapshotInfo], runs: list[Run]) -> list[tuple[dateti
     for run in runs:
         usable = [s for s in snapshots if _serves(run, s)]
         if usable:
-            out.append((min(s.end_wall for s in usable), run.end_wall, run))
+            start = min(s.end_wall for s in usable)
+            end = run.end_wall if run.end_wall is None or run.end_wall >= start else start  # a snapshot newer than the run's last record
+            out.append((start, end, run))
     return out
 
 

@@ -7,7 +7,9 @@
   newest, or the *base* (the newest snapshot consistent before
   ``now - wal_days``: the one a local restore at the start of the WAL window
   begins from), or its instant is not yet restorable from the external
-  bundles (no snapshot off-site before it, or changes up to it not uploaded);
+  bundles (nothing off-site yet, or changes up to it not uploaded); a
+  snapshot older than the first one off-site never will be, so it goes by
+  age alone (else it would pin the WAL it replays from forever);
 - a sealed, compressed **WAL segment** whose newest record is older than
   ``now - wal_days``, whose events are all inside a successful upload, and
   which ends before the oldest snapshot kept began its scan (so every kept
@@ -79,7 +81,11 @@ def prune(
     base = max((s for s in snaps if s.end_wall <= wal_cut), key=lambda s: s.end, default=None)
 
     def offsite(s: SnapshotInfo) -> bool:
-        return bool(offsite_snaps) and offsite_snaps[0] <= s.end_wall and uploaded_to is not None and s.end_wall <= uploaded_to
+        """Its instant is restorable off-site, or never will be (it is older than the first
+        snapshot off-site: the off-site chain starts there, so keeping it protects nothing)."""
+        if not offsite_snaps:
+            return False
+        return s.end_wall < offsite_snaps[0] or (uploaded_to is not None and s.end_wall <= uploaded_to)
 
     keep: list[SnapshotInfo] = []
     for s in snaps:

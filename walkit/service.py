@@ -162,7 +162,8 @@ class BackupService:
         capture_thread = threading.Thread(target=self._capture_loop, name="walkit-capture", daemon=True)
         capture_thread.start()
         deadline = time.monotonic() + timeout
-        while not self._ready.wait(0.05):
+        while not (self._ready.is_set() and self.capture is not None and self.capture.streaming.is_set()):
+            time.sleep(0.01)
             if not capture_thread.is_alive() or time.monotonic() > deadline:
                 self._stop.set()
                 capture_thread.join(10)

@@ -69,7 +69,7 @@ class CaptureStats:
     checkpoints: int = 0
     reconnects: int = 0
     #: Seconds from an event's wallTime to the moment its record was fsynced (recent ones).
-    lags: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
+    lags: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
     snapshots: list[str] = field(default_factory=list)  # ids of the snapshots capture took
     snapshot_errors: list[str] = field(default_factory=list)
     first_seq: int | None = None
@@ -135,6 +135,8 @@ class ChangeCapture:
         self._snapshotter: threading.Thread | None = None
         self._stop = threading.Event()
         self.writer: WALWriter | None = None
+        #: Set once the change stream is open: changes acknowledged from then on will be captured.
+        self.streaming = threading.Event()
         #: Called once the lock is held, the server checked and the WAL open.
         self.on_ready: Callable[[ChangeCapture], None] | None = None
         self._pending: deque[tuple[int, Any]] = deque()  # (seq, wallTime) written, not yet fsynced
@@ -279,6 +281,7 @@ class ChangeCapture:
         while not self._stop.is_set():
             try:
                 stream = self._open(client, wire, fresh=gap_reason is not None)
+                self.streaming.set()
                 if gap_reason is not None:
                     self._record_gap(stream, gap_reason)
                     gap_reason = None

@@ -36,6 +36,7 @@ bench: $(BIN)/.installed
 	$(BIN)/python bench/bench_restore.py
 	$(BIN)/python bench/bench_bundle.py
 	$(BIN)/python bench/bench_simulate.py
+	$(BIN)/python bench/bench_soak.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

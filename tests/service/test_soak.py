@@ -71,8 +71,12 @@ def test_the_worker_under_two_minutes_of_sustained_writes(tmp_path: Path) -> Non
         assert result.writer["rate"] >= 200, f"only {result.writer['rate']:.0f} writes/s: not a sustained workload"
         assert live["capture_restarts"] == 0 and live["errors"] == 0 and live["gaps"] == 0, live
 
-        # capture lag, every event
-        assert len(result.lags) == writes == live["events_captured"], (len(result.lags), writes, live["events_captured"])
+        # capture lag: the p99 of the newest 2,000 events at every sample covers the whole run;
+        # the newest 10,000 (as many as capture keeps) at the end
+        assert writes == live["events_captured"], (writes, live["events_captured"])
+        assert len(result.lags) == min(writes, 10_000), (len(result.lags), writes)
+        windows = [s.lag_p99 for s in result.samples if s.lag_p99 is not None]
+        assert len(windows) >= len(result.samples) - 1 and max(windows) < 1.0, f"capture lag p99 per sample: {windows}"
         p99 = percentile(result.lags, 0.99)
         assert p99 < 1.0, f"capture lag p99 {p99:.3f} s (p50 {percentile(result.lags, 0.5):.3f}, max {max(result.lags):.3f})"
 

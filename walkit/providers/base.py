@@ -24,7 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Union
 
-__all__ = ["ExternalBackupProvider", "Limits", "StoredBackup", "UploadData", "open_upload"]
+__all__ = ["ExternalBackupProvider", "Limits", "StoredBackup", "UploadData", "open_upload", "check_download"]
 
 #: What ``upload`` accepts: the bytes, a readable binary file, or a path to one.
 UploadData = Union[bytes, bytearray, memoryview, BinaryIO, "os.PathLike[str]", str]
@@ -112,3 +112,14 @@ class ExternalBackupProvider(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+def check_download(where: str, record: dict[str, Any], size: int, sha256: str) -> None:
+    """ProviderError unless the downloaded ``size`` and ``sha256`` are what ``record`` says was uploaded."""
+    from ..errors import ProviderError
+
+    if size != record["size"] or sha256 != record["sha256"]:
+        raise ProviderError(
+            f"{where} is damaged: {size:,} bytes with sha256 {sha256[:12]}..., but "
+            f"{record['size']:,} bytes with sha256 {record['sha256'][:12]}... were uploaded; do not restore from it"
+        )

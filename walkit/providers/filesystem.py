@@ -40,7 +40,7 @@ from typing import Any, BinaryIO
 from ..clock import Clock, SystemClock
 from ..errors import ConfigError, ProviderError, ProviderUnavailableError, RateLimitError, StorageLimitError
 from ..walwriter import fsync_dir
-from .base import CHUNK, ExternalBackupProvider, Limits, StoredBackup, UploadData, open_upload
+from .base import CHUNK, ExternalBackupProvider, Limits, StoredBackup, UploadData, check_download, open_upload
 
 __all__ = ["FileSystemBackupProvider"]
 
@@ -495,11 +495,7 @@ def _read_blob(folder: Path, record: dict[str, Any], out: BinaryIO) -> int:
         raise ProviderError(f"the blob {path} of backup {record['ref']!r} is damaged ({exc}); it cannot be restored") from None
     except OSError as exc:
         raise ProviderError(f"could not download {record['ref']!r} from {path} ({exc.strerror or exc})") from None
-    if size != record["size"] or sha != record["sha256"]:
-        raise ProviderError(
-            f"the blob {path} of backup {record['ref']!r} is damaged: {size:,} bytes with sha256 {sha[:12]}..., but "
-            f"{record['size']:,} bytes with sha256 {record['sha256'][:12]}... were uploaded; do not restore from it"
-        )
+    check_download(f"the blob {path} of backup {record['ref']!r}", record, size, sha)
     return size
 
 

@@ -30,7 +30,7 @@ from typing import Any, BinaryIO
 from ..clock import Clock, SystemClock
 from ..errors import ConfigError, ProviderError, ProviderUnavailableError, WalkitError
 from ..walwriter import fsync_dir
-from .base import ExternalBackupProvider, StoredBackup, UploadData
+from .base import ExternalBackupProvider, StoredBackup, UploadData, check_download
 from .filesystem import (
     FORMAT,
     SIDECAR,
@@ -155,11 +155,7 @@ class ObjectStoreBackupProvider(ExternalBackupProvider):
             raise ProviderError(f"could not download {ref!r} from {self.url} ({exc}); try again") from None
         except Exception as exc:
             raise ProviderError(f"could not download {ref!r} from {self.url} ({_describe(exc)}); try again") from None
-        if size != record["size"] or sha != record["sha256"]:
-            raise ProviderError(
-                f"the blob of backup {ref!r} at {self.url} is damaged: {size:,} bytes with sha256 {sha[:12]}..., but "
-                f"{record['size']:,} bytes with sha256 {record['sha256'][:12]}... were uploaded; do not restore from it"
-            )
+        check_download(f"the blob of backup {ref!r} at {self.url}", record, size, sha)
         return size
 
     def list(self) -> list[StoredBackup]:

@@ -16,6 +16,7 @@ child process (``walkit.sandbox.linked``), so the default 30 days measure that;
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 from walkit.simulate import simulate
@@ -29,6 +30,7 @@ def main() -> None:
     parser.add_argument("--sandbox", choices=("auto", "thread", "process"), default="auto", help="where the sandbox runs (default: simulate decides)")
     args = parser.parse_args()
     process = {"auto": None, "thread": False, "process": True}[args.sandbox]
+    load_before = os.getloadavg()
     rows = []
     for name, wal in (("without the WAL (baseline)", False), ("with capture + WAL", True)):
         best = None
@@ -45,6 +47,8 @@ def main() -> None:
     for name, seconds, summary in rows:
         print(f"{name:<30}{seconds:>10.1f}{writes / seconds:>10,.0f}{base / seconds:>8.2f}{summary['events_captured']:>10,}{summary['uploads_ok']:>12}")
     print(f"target: the WAL run under 30 s: {'met' if rows[1][1] < 30 else 'MISSED'}")
+    # the machine may be shared: other work slows both runs (1-minute load average, 2 cores here)
+    print(f"load average before / after: {load_before[0]:.2f} / {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ backup hour :func:`walkit.upload` into a :class:`MockExternalBackupProvider`
 (with its own one-call-per-24 h limit and a failure rate) under a real
 :class:`QuotaLedger`.  The workload is a seeded random mix of inserts, updates
 and deletes over a bounded key space, shaped over the day (busier in office
-hours), written as a few write commands per fifteen simulated minutes (what ``bulk_write`` sends).  It returns
+hours), written as a few write commands per fifteen simulated minutes (what ``bulk_write`` sends,
+on a connection of its own that sends them together and reads the replies after).  It returns
 tidy pandas DataFrames (one row per write, snapshot and upload attempt; the
 recovery-point series; restorable windows) and a summary.
 
@@ -42,18 +43,19 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from .workload import BUCKET, DAILY_SHAPE, DATABASE, PER_DAY, Pipe, Workload, day_times, draw
+from .workload import commands as write_commands
+
 __all__ = ["simulate", "compare_policies", "SimulationResult", "CAPTURE_LAG_SECONDS", "DAILY_SHAPE"]
 
 #: The database-loss recovery point with the WAL: capture's default fsync interval.
 CAPTURE_LAG_SECONDS = 0.2
-#: Relative write rate per hour of the day (UTC): quiet nights, busy office hours.
-DAILY_SHAPE = (1, 1, 1, 1, 1, 2, 3, 5, 8, 10, 10, 10, 9, 10, 10, 10, 9, 8, 6, 5, 4, 3, 2, 1)
-BUCKET = timedelta(minutes=15)
-PER_DAY = int(timedelta(days=1) / BUCKET)
-DATABASE = "sim"
 #: From this many writes on, the sandbox runs in a child process (if there are two cores).
 PROCESS_WRITES = 100_000
-ORDER = {"insert": 0, "update": 1, "delete": 2}
+#: How long the child sandbox lets capture's change stream wait for new changes (capture asks
+#: for 50 ms): before a snapshot or a call the simulation waits until capture has written and
+#: fsynced every change, which it does once its stream reports that it has caught up.
+AWAIT_MS = 5
 
 
 @dataclass
@@ -71,91 +73,6 @@ class SimulationResult:
     home: Path | None = None
     offsite: Path | None = None
     restore_failures: list[str] = field(default_factory=list)
-
-
-class _Workload:
-    """A seeded stream of writes over a bounded key space."""
-
-    def __init__(self, rng: random.Random, keyspace: int) -> None:
-        self.rng, self.keyspace = rng, keyspace
-        self.live: dict[str, list[int]] = {"orders": [], "customers": []}
-        self.index: dict[str, dict[int, int]] = {"orders": {}, "customers": {}}
-        self.free: dict[str, list[int]] = {c: list(range(keyspace)) for c in self.live}
-        self.freed: dict[str, list[int]] = {c: [] for c in self.live}  # deleted in this batch: reusable after it
-
-    def end_batch(self) -> None:
-        for coll, keys in self.freed.items():
-            self.free[coll].extend(keys)
-            keys.clear()
-
-    def _take_live(self, coll: str) -> int:
-        live, index = self.live[coll], self.index[coll]
-        pos = self.rng.randrange(len(live))
-        key = live[pos]
-        live[pos] = live[-1]
-        index[live[pos]] = pos
-        live.pop()
-        del index[key]
-        return key
-
-    def _add_live(self, coll: str, key: int) -> None:
-        self.index[coll][key] = len(self.live[coll])
-        self.live[coll].append(key)
-
-    def next(self) -> tuple[str, str, int, dict[str, Any]]:
-        """(op, collection, key, statement): the statement as an ``insert``, ``update`` or
-        ``delete`` command carries it."""
-        rng = self.rng
-        coll = "orders" if rng.random() < 0.8 else "customers"
-        live, free = self.live[coll], self.free[coll]
-        roll = rng.random()
-        op = "update" if roll < 0.45 else "insert" if roll < 0.75 else "delete"
-        if op == "insert" and not free:
-            op = "update"
-        if op != "insert" and not live:
-            op = "insert"
-        if op == "insert":
-            key = free.pop(rng.randrange(len(free)))
-            self._add_live(coll, key)
-            doc = {"_id": key, "n": 0, "status": "new", "amount": round(rng.random() * 100, 2), "tags": [coll[:-1]]}
-            return op, coll, key, doc
-        if op == "delete":
-            key = self._take_live(coll)
-            self.freed[coll].append(key)
-            return op, coll, key, {"q": {"_id": key}, "limit": 1}
-        key = live[rng.randrange(len(live))]
-        status = rng.choice(("new", "paid", "shipped", "returned"))
-        return op, coll, key, {"q": {"_id": key}, "u": {"$inc": {"n": 1}, "$set": {"status": status}}}
-
-
-#: The write command for each op, and the field that holds its statements.
-COMMANDS = {"insert": ("insert", "documents"), "update": ("update", "updates"), "delete": ("delete", "deletes")}
-#: Statements per command at most (MongoDB takes up to 100,000 and 16 MiB).
-MAX_STATEMENTS = 10_000
-
-
-def _write(db: Any, coll: str, op: str, statements: list[dict[str, Any]]) -> None:
-    """Send ``statements`` of one op as ordered write commands, as ``bulk_write`` would
-    (without building its request objects); raise on the first write error."""
-    from pymongo.errors import BulkWriteError
-
-    name, field = COMMANDS[op]
-    for i in range(0, len(statements), MAX_STATEMENTS):
-        reply = db.command(name, coll, ordered=True, **{field: statements[i : i + MAX_STATEMENTS]})
-        concern = reply.get("writeConcernError")
-        if reply.get("writeErrors") or concern:
-            raise BulkWriteError({"writeErrors": reply.get("writeErrors", []), "writeConcernErrors": [concern] if concern else []})
-
-
-def _day_times(rng: random.Random, writes: int) -> list[int]:
-    """How many writes fall into each bucket of the day (a multinomial draw on DAILY_SHAPE)."""
-    buckets = PER_DAY
-    per_hour = int(timedelta(hours=1) / BUCKET)
-    weights = [DAILY_SHAPE[b // per_hour] for b in range(buckets)]
-    counts = [0] * buckets
-    for b in rng.choices(range(buckets), weights=weights, k=writes):
-        counts[b] += 1
-    return counts
 
 
 def _wait_for(cap: Any, events: int, timeout: float = 120.0) -> None:
@@ -257,10 +174,10 @@ def simulate(
     if sandbox_process is None:
         sandbox_process = days * writes_per_day >= PROCESS_WRITES and _cores() > 1
     box: Any
-    if sandbox_process:
-        from .sandbox.linked import LinkedSandboxProcess
+    from .sandbox.linked import LinkedClock, LinkedSandboxProcess
 
-        box = LinkedSandboxProcess(origin)
+    if sandbox_process:
+        box = LinkedSandboxProcess(origin, max_await_ms=AWAIT_MS)
         clock: SimulatedClock = box.clock
     else:
         clock = SimulatedClock(origin)
@@ -276,6 +193,7 @@ def simulate(
     uploads: list[dict[str, Any]] = []
     recorded: list[tuple[datetime, dict[str, list[bytes]]]] = []
     second_refused = False
+    pipe: Pipe | None = None
     try:
         if wal:
             cap = ChangeCapture(box.uri, home, clock=clock, fsync_interval=0.02, initial_snapshot=False, checkpoint_interval=3600.0)
@@ -292,8 +210,9 @@ def simulate(
             while cap.stats.checkpoints == 0 and not failures and time.monotonic() < deadline:
                 time.sleep(0.005)
         take_snapshot(box.uri, home, database=DATABASE, clock=clock, progress=False)
-        workload = _Workload(rng, keyspace)
-        db = client[DATABASE]
+        workload = Workload(rng, keyspace)
+        pipe = Pipe(box.port)
+        linked = clock if isinstance(clock, LinkedClock) else None
         snap_every = timedelta(hours=snapshot_interval_hours) if snapshot_interval_hours > 0 else None
         next_snap = origin + snap_every if snap_every else None
         check_buckets = set(check_rng.sample(range(days * PER_DAY), min(verify_restores * 3, days * PER_DAY))) if verify_restores else set()
@@ -302,40 +221,48 @@ def simulate(
         for day in range(days):
             day_start = origin + timedelta(days=day)
             upload_at = day_start + timedelta(hours=backup_hour)
-            counts = _day_times(rng, writes_per_day)
+            counts = day_times(rng, writes_per_day)
+            ahead: list[tuple[str, str, int, dict[str, Any]]] | None = None
             for b, count in enumerate(counts):
                 at = day_start + b * BUCKET
                 if snap_every is not None and next_snap is not None and next_snap <= at:  # a snapshot due before these writes
+                    pipe.wait()
                     clock.set(next_snap)
                     if cap is not None:
                         _wait_for(cap, written)
                     take_snapshot(box.uri, home, database=DATABASE, clock=clock, progress=False)
                     next_snap += snap_every
                 if at == upload_at:  # the backup hour is a whole hour: it starts a bucket
+                    pipe.wait()
                     clock.set(upload_at)
                     if cap is not None:
                         _wait_for(cap, written)
                     uploads.append(_attempt(home, mock, ledger, policy, box.uri, clock, day))
                 if not count:
                     continue
-                clock.set(at)
-                ops = [workload.next() for _ in range(count)]
-                workload.end_batch()
-                # inserts, then updates, then deletes, per collection: the same result as the drawn order
-                # (a key deleted in a batch is not reused in it), in a few round trips instead of one per change
-                for coll in ("orders", "customers"):
-                    mine = sorted((o for o in ops if o[1] == coll), key=lambda o: ORDER[o[0]])
-                    for op in ORDER:
-                        statements = [o[3] for o in mine if o[0] == op]
-                        if statements:
-                            _write(db, coll, op, statements)
-                    events.extend((at, op, c, key) for op, c, key, _ in mine)
+                ops = ahead if ahead is not None else draw(workload, count)
+                commands, applied = write_commands(ops)
+                if linked is not None:
+                    # the child's clock is set by the first command on this connection, so the previous
+                    # bucket's writes may still be on their way: its replies are read after this bucket is sent
+                    commands.insert(0, linked.set_deferred(at))
+                    pipe.send(commands)
+                else:  # the sandbox reads this process's clock: every earlier write must be done
+                    pipe.wait()
+                    clock.set(at)
+                    pipe.send(commands)
+                # the next bucket of the day, drawn while the sandbox applies this one (the same draws, in the same order)
+                ahead = draw(workload, counts[b + 1]) if b + 1 < len(counts) and counts[b + 1] else None
+                pipe.wait(keep=len(commands))
+                events.extend((at, op, c, key) for op, c, key in applied)
                 written += count
                 if day * PER_DAY + b in check_buckets:
+                    pipe.wait()
                     recorded.append((at, _state(client)))
             bar.update(1)
         bar.close()
         end = origin + timedelta(days=days)
+        pipe.wait()
         clock.set(end - timedelta(minutes=1))
         if cap is not None:
             _wait_for(cap, written)
@@ -415,6 +342,8 @@ def simulate(
             cap.stop()
             if thread is not None:
                 thread.join(30)
+        if pipe is not None:
+            pipe.close()
         client.close()
         box.stop()
         if not keep:

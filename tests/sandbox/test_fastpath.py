@@ -1,10 +1,11 @@
 """The sandbox's fast paths give what mongomock-ng's general path gives.
 
 Updates by ``_id`` run mongomock-ng's own operator code on a copy of the
-stored document (:func:`walkit.sandbox.updates.apply_by_id`) and deletes pop
-the document straight from the store; the general path read the pre-image
-with ``find_one``, updated the stored document in place and read the
-post-image again.  For random documents and random update statements, both
+stored document (:func:`walkit.sandbox.updates.apply_by_id`), or
+:mod:`walkit.sandbox.fastpath` for the common operators; deletes pop the
+document straight from the store, inserts store a copy and ``find({})`` reads
+the store; the general path read the pre-image with ``find_one``, updated the
+stored document in place and read the post-image again.  For random documents and random update statements, both
 give the same replies, the same oplog entries (so the same change events:
 updateDescription, pre- and post-images) and the same stored documents,
 compared as BSON bytes.
@@ -25,7 +26,7 @@ from hypothesis import strategies as st
 
 from tests.sandbox.test_diff import initial, operand, updates
 from walkit.clock import SimulatedClock
-from walkit.sandbox import crud
+from walkit.sandbox import crud, fastpath
 from walkit.sandbox.engine import Ctx, Engine
 from walkit.sandbox.oplog import Oplog
 from walkit.sandbox.updates import update_by_id
@@ -61,7 +62,12 @@ def _general_delete_one(eng: Engine, ctx: Ctx, coll: Any, key: Any) -> Any:
 
 @contextmanager
 def general_path() -> Iterator[None]:
-    with mock.patch.object(crud, "_modify_one", _general_modify_one), mock.patch.object(crud, "_delete_one", _general_delete_one):
+    with (
+        mock.patch.object(crud, "_modify_one", _general_modify_one),
+        mock.patch.object(crud, "_delete_one", _general_delete_one),
+        mock.patch.object(fastpath, "insert", lambda coll, doc: False),  # mongomock-ng's insert_one
+        mock.patch.object(fastpath, "scan", lambda coll: list(coll.find({}))),  # mongomock-ng's find
+    ):
         yield
 
 
@@ -121,6 +127,7 @@ command = st.one_of(
     find_and_modify,
     st.builds(lambda q, limit: {"delete": "c", "deletes": [{"q": q, "limit": limit}]}, queries, st.sampled_from([0, 1])),
     st.builds(lambda q: {"findAndModify": "c", "query": q, "remove": True}, queries),
+    st.just({"find": "c"}),
 )
 
 

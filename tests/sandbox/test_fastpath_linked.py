@@ -54,3 +54,70 @@ def test_simulate_gives_the_same_results_in_a_child_process() -> None:
         k: v for k, v in child.summary.items() if k not in ("seconds", "bundle_bytes_total")
     }
     assert child.summary["restore_checks_passed"] == child.summary["restore_checks"] == 1
+
+
+def test_a_deferred_clock_setting_runs_first_on_its_connection() -> None:
+    from walkit.workload import DATABASE, Pipe
+
+    with LinkedSandboxProcess(START) as box:
+        client: pymongo.MongoClient = pymongo.MongoClient(box.uri, tz_aware=True)
+        pipe = Pipe(box.port)
+        try:
+            later = START + timedelta(hours=2)
+            with client[DATABASE].c.watch(max_await_time_ms=100) as stream:
+                pipe.send([box.clock.set_deferred(later), {"insert": "c", "documents": [{"_id": 1}]}])
+                assert box.clock.now() == later  # this process's clock at once
+                pipe.wait()
+                event = next((e for e in iter(stream.try_next, None)), None)
+                assert event is not None and event["wallTime"] == later  # the child's, before the insert
+        finally:
+            pipe.close()
+            client.close()
+
+
+def test_a_capped_await_answers_an_idle_change_stream_sooner() -> None:
+    import time
+
+    with LinkedSandboxProcess(START, max_await_ms=20) as box:
+        client: pymongo.MongoClient = pymongo.MongoClient(box.uri)
+        try:
+            with client.d.c.watch(max_await_time_ms=2000) as stream:
+                began = time.monotonic()
+                assert stream.try_next() is None  # an empty batch, well before 2 s
+                assert time.monotonic() - began < 1.0
+                client.d.c.insert_one({"_id": 1})
+                assert stream.next()["documentKey"] == {"_id": 1}
+        finally:
+            client.close()
+
+
+def test_the_pipe_answers_in_order_and_raises_on_the_first_error() -> None:
+    from pymongo.errors import BulkWriteError, OperationFailure
+
+    from walkit.sandbox import Sandbox
+    from walkit.workload import DATABASE, Pipe
+
+    with Sandbox(0) as box:
+        pipe = Pipe(box.port)
+        try:
+            pipe.send([{"insert": "c", "documents": [{"_id": i}]} for i in range(5)])
+            pipe.wait()
+            pipe.send([{"insert": "c", "documents": [{"_id": 1}]}, {"noSuchCommand": 1}, {"insert": "c", "documents": [{"_id": 9}]}])
+            try:
+                pipe.wait()
+            except BulkWriteError as exc:
+                assert exc.details["writeErrors"][0]["code"] == 11000
+            else:
+                raise AssertionError("the duplicate key was not reported")
+            pipe.send([{"noSuchCommand": 1}])
+            try:
+                pipe.wait()
+            except OperationFailure as exc:
+                assert exc.code == 59
+            else:
+                raise AssertionError("the unknown command was not reported")
+            pipe.send([{"delete": "c", "deletes": [{"q": {}, "limit": 0}]}])
+            pipe.wait()  # still in step: every reply of the failed batch was read
+            assert box.engine.coll(DATABASE, "c").count_documents({}) == 0
+        finally:
+            pipe.close()

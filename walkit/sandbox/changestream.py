@@ -270,9 +270,12 @@ def open_stream(eng: Engine, ctx: Ctx, pipeline: list[Any], batch_size: Any) -> 
 
 
 def get_more(eng: Engine, cid: int, stream: StreamCursor, batch_size: Any, max_time_ms: Any) -> dict[str, Any]:
-    """Next batch; waits up to maxTimeMS (default 1 s) for an event to arrive."""
+    """Next batch; waits up to maxTimeMS (default 1 s; at most ``eng.max_await``) for an event to arrive."""
     limit = int(batch_size) if batch_size else 1 << 30
-    deadline = time.monotonic() + (int(max_time_ms) if max_time_ms else DEFAULT_AWAIT_MS) / 1000.0
+    wait = (int(max_time_ms) if max_time_ms else DEFAULT_AWAIT_MS) / 1000.0
+    if eng.max_await is not None:
+        wait = min(wait, eng.max_await)
+    deadline = time.monotonic() + wait
     try:
         while True:
             events, pbrt = stream.collect(eng, limit)

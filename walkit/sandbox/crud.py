@@ -22,9 +22,10 @@ from typing import Any
 import bson
 import mongomock_ng
 from bson.int64 import Int64
+from bson.raw_bson import RawBSONDocument
 from bson.regex import Regex
 
-from . import storage  # (also patches mongomock-ng on import)
+from . import fastpath, storage  # (storage also patches mongomock-ng on import)
 from .diff import update_description
 from .engine import Ctx, Engine, command
 from .errors import CommandError
@@ -81,7 +82,7 @@ def take_batch(docs: Iterator[dict[str, Any]], size: int) -> tuple[list[dict[str
     used = 0
     for doc in docs:
         batch.append(doc)
-        used += len(_bytes(doc))
+        used += len(doc.raw if type(doc) is RawBSONDocument else _bytes(doc))
         if (size and len(batch) >= size) or used >= MAX_BATCH_BYTES:
             following = next(docs, None)
             return batch, (None if following is None else itertools.chain([following], docs))
@@ -176,7 +177,8 @@ def _insert(eng: Engine, ctx: Ctx) -> dict[str, Any]:
             _claim_or_wait(eng, ctx, name, doc["_id"])
             entry = eng.new_entry("insert", ctx.db, name, doc_key={"_id": doc["_id"]}, post=doc)
             _create_implicitly(eng, ctx, name)
-            coll.insert_one(doc)
+            if not fastpath.insert(coll, doc):
+                coll.insert_one(doc)
             entry.images = eng.info(ctx.db, name).images
             eng.record(ctx, entry)
             n += 1
@@ -201,15 +203,31 @@ def _is_replacement(update: Any) -> bool:
 
 
 def _log_change(
-    eng: Engine, ctx: Ctx, name: str, key: Any, pre: dict[str, Any], post: dict[str, Any] | None, replacement: bool, stored: bool = False
+    eng: Engine,
+    ctx: Ctx,
+    name: str,
+    key: Any,
+    pre: dict[str, Any],
+    post: dict[str, Any] | None,
+    replacement: bool,
+    stored: bool = False,
+    fields: set[str] | None = None,
 ) -> bool:
     """Log the change of one document; False when nothing changed.
 
     ``stored``: ``post`` is the stored document itself, so the log keeps copies of it.
+    ``fields``: the only top-level fields that may differ (the others are the same, in the
+    same order), so only they are compared and diffed: the same result, for less work.
     """
-    if post is None or _bytes(pre) == _bytes(post):
+    if post is None:
         return False
-    desc = None if replacement else update_description(pre, post)
+    if fields is None:
+        old, new = pre, post
+    else:
+        old, new = {k: v for k, v in pre.items() if k in fields}, {k: v for k, v in post.items() if k in fields}
+    if _bytes(old) == _bytes(new):
+        return False
+    desc = None if replacement else update_description(old, new)
     op = "replace" if desc is None else "update"
     entry = eng.new_entry(op, ctx.db, name, doc_key={"_id": key}, pre=pre, post=post, update=desc)
     if stored:
@@ -266,6 +284,10 @@ def _modify_one(
     ``before`` is the caller's; ``after`` may be the stored document itself (copy it to keep it).
     """
     if isinstance(update, dict) and not replacement:
+        fast = fastpath.apply_update(coll, key, update, array_filters)
+        if fast is not None:
+            pre, post, fields = fast
+            return pre, post, _log_change(eng, ctx, coll.name, key, pre, post, replacement, stored=True, fields=fields)
         images = apply_by_id(coll, key, query, update, array_filters)
         if images is None:  # expired meanwhile (a TTL index)
             return None, None, False
@@ -424,8 +446,14 @@ def _find(eng: Engine, ctx: Ctx) -> dict[str, Any]:
         raise CommandError(14, "filter must be a document")
     limit = int(ctx.arg("limit") or 0)
     projection = ctx.arg("projection") or None
-    cursor = coll.find(query, projection, skip=int(ctx.arg("skip") or 0), limit=abs(limit), sort=_sort(ctx.arg("sort")))
-    docs = (_id_first(d) for d in cursor) if projection else iter(cursor)
+    skip = int(ctx.arg("skip") or 0)
+    sort = _sort(ctx.arg("sort"))
+    docs: Iterator[Any]
+    if not query and not projection and not skip and not limit and not sort:
+        docs = iter(fastpath.scan(coll))  # a whole collection (a dump): encoded once
+    else:
+        cursor = coll.find(query, projection, skip=skip, limit=abs(limit), sort=sort)
+        docs = (_id_first(d) for d in cursor) if projection else iter(cursor)
     single = bool(ctx.arg("singleBatch")) or limit < 0
     batch_size = ctx.arg("batchSize")
     if limit and (batch_size is None or abs(limit) < batch_size):

@@ -43,6 +43,8 @@ SANDBOX_NOTICE = (
 VERSION = "7.0.0"
 MAX_WIRE_VERSION = 21
 SYSTEM_DBS = ("admin", "config", "local")
+#: An entry's clusterTime until it is logged (Timestamps are immutable: one will do).
+_UNSET = Timestamp(0, 0)
 
 
 @dataclass
@@ -133,13 +135,19 @@ class Engine:
         self.sessions = Sessions(self)
         self._conn_ids = itertools.count(1)
         self.started = time.monotonic()
+        #: Seconds an awaiting change-stream getMore waits at most, whatever its maxTimeMS
+        #: (None: maxTimeMS).  MongoDB's maxAwaitTimeMS is an upper bound: an empty batch
+        #: may come sooner; a simulation sets this so that an idle stream polls more often.
+        self.max_await: float | None = None
 
     # -- collections -------------------------------------------------------
     def coll(self, db: str, name: str) -> Any:
         return self.client[db][name]
 
     def exists(self, db: str, name: str) -> bool:
-        return name in self.client[db].list_collection_names()
+        """True when ``list_collection_names`` would name it (without listing them all)."""
+        found = self.client[db]._store._collections.get(name)  # (not [name]: that would add an entry)
+        return found is not None and not name.startswith("system.") and bool(found.is_created)
 
     def info(self, db: str, name: str) -> CollInfo:
         """The collection's info, made when first seen (implicit creation)."""
@@ -161,20 +169,30 @@ class Engine:
         if ctx.txn is not None:
             ctx.txn.entries.append(entry)
             return
-        entry.ts = self.oplog.next_ts()
-        self.publish([entry])
+        if not entry.images:
+            self._drop_images(entry)
+        self.oplog.append_one(entry)
 
     def publish(self, entries: list[Entry]) -> None:
         for entry in entries:
             if not entry.images:
-                entry.pre = None
-                if entry.op == "update":
-                    entry.post = None
+                self._drop_images(entry)
         self.oplog.append(entries)
 
+    @staticmethod
+    def _drop_images(entry: Entry) -> None:
+        """Keep no pre-image (nor an update's post-image) without changeStreamPreAndPostImages."""
+        entry.pre = None
+        if entry.op == "update":
+            entry.post = None
+
     def new_entry(self, op: str, db: str, coll: str | None = None, **kw: Any) -> Entry:
-        images = self.info(db, coll).images if coll and self.exists(db, coll) else False
-        return Entry(ts=Timestamp(0, 0), wall=self.clock.now(), op=op, db=db, coll=coll, images=images, **kw)
+        known = self.colls.get((db, coll)) if coll else None
+        if known is not None and not known.images:  # (what the check below gives, without listing collections)
+            images = False
+        else:
+            images = self.info(db, coll).images if coll and self.exists(db, coll) else False
+        return Entry(ts=_UNSET, wall=self.clock.now(), op=op, db=db, coll=coll, images=images, **kw)
 
     # -- cursors -----------------------------------------------------------
     def add_cursor(self, cursor: Any) -> int:

@@ -21,6 +21,7 @@ stops when its stdin closes, so it does not outlive its parent.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import signal
 import socket
@@ -60,6 +61,14 @@ class LinkedClock(SimulatedClock):
             super().set(instant)
             self._push()
 
+    def set_deferred(self, instant: datetime) -> dict[str, Any]:
+        """Set this clock only, and return the command that sets the child's: send it first,
+        on the connection whose commands must run at ``instant`` (a connection's commands run
+        in order).  Until the child has run it, commands on other connections see the old time."""
+        with self._push_lock:
+            super().set(instant)
+            return {SET_CLOCK: self.now().isoformat()}
+
     def advance(self, seconds: float = 0.0, **delta: float) -> datetime:
         with self._push_lock:
             now = super().advance(seconds, **delta)
@@ -84,12 +93,26 @@ class LinkedClock(SimulatedClock):
 
 
 class LinkedSandboxProcess(SandboxProcess):
-    """A :class:`SandboxProcess` on a simulated clock starting at ``start``: drive it with ``.clock``."""
+    """A :class:`SandboxProcess` on a simulated clock starting at ``start``: drive it with ``.clock``.
+
+    ``max_await_ms`` answers an awaiting change-stream ``getMore`` within that time, whatever
+    its ``maxTimeMS`` (an empty batch sooner, as MongoDB may send one): an idle stream
+    then polls more often, so a change stream reader sees sooner that it has caught up.
+    """
 
     _stdin = subprocess.PIPE
 
-    def __init__(self, start: datetime, port: int = 0, *, oplog_size: int = DEFAULT_OPLOG_SIZE, startup_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        start: datetime,
+        port: int = 0,
+        *,
+        oplog_size: int = DEFAULT_OPLOG_SIZE,
+        startup_timeout: float = 30.0,
+        max_await_ms: float | None = None,
+    ) -> None:
         self._start = start
+        self._max_await_ms = max_await_ms
         super().__init__(port, oplog_size=oplog_size, startup_timeout=startup_timeout)
         try:
             self.clock = LinkedClock(start, self.port)
@@ -98,7 +121,8 @@ class LinkedSandboxProcess(SandboxProcess):
             raise SandboxError(f"cannot reach the linked sandbox process at {self.uri}: {exc}") from None
 
     def _command(self, port: int, oplog_size: int) -> list[str]:
-        return [sys.executable, "-m", __name__, "--port", str(port), "--oplog-size", str(oplog_size), "--start", self._start.isoformat()]
+        await_ms = [] if self._max_await_ms is None else ["--max-await-ms", str(self._max_await_ms)]
+        return [sys.executable, "-m", __name__, "--port", str(port), "--oplog-size", str(oplog_size), "--start", self._start.isoformat(), *await_ms]
 
     def stop(self) -> int | None:
         if hasattr(self, "clock"):
@@ -114,12 +138,26 @@ def _set_clock(eng: Engine, ctx: Ctx) -> dict[str, Any]:
     return {}
 
 
+def _tune_gc() -> None:
+    """Spare the child's oplog from the cyclic collector's full passes.
+
+    A long simulation keeps ~100,000 logged changes (millions of objects) that
+    the generational collector would traverse again and again (15% of the
+    child's time over 30 simulated days); the sandbox makes few reference
+    cycles, so it collects young objects less often and leaves the old ones
+    (and everything imported so far) alone.
+    """
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 100)
+
+
 def main(argv: list[str] | None = None) -> int:
     """The child: serve on a SimulatedClock until SIGTERM or until stdin closes."""
     parser = argparse.ArgumentParser(prog="python -m walkit.sandbox.linked")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--oplog-size", type=int, default=DEFAULT_OPLOG_SIZE)
     parser.add_argument("--start", type=datetime.fromisoformat, required=True)
+    parser.add_argument("--max-await-ms", type=float, default=None, help="answer awaiting change-stream getMores within this time")
     args = parser.parse_args(argv)
 
     def _stop(signum: int, frame: object) -> None:
@@ -128,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _stop)
     command(SET_CLOCK)(_set_clock)
     box = Sandbox(args.port, oplog_size=args.oplog_size, clock=SimulatedClock(args.start))
+    box.engine.max_await = None if args.max_await_ms is None else args.max_await_ms / 1000
 
     def _orphaned() -> None:  # the parent closed our stdin, or died
         while os.read(0, 4096):  # (the raw fd: a daemon thread in a buffered read aborts the exit)
@@ -135,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.raise_signal(signal.SIGTERM)
 
     threading.Thread(target=_orphaned, name="walkit-linked-parent", daemon=True).start()
+    _tune_gc()
     print(box.uri, flush=True)
     try:
         box.serve_forever()
@@ -146,4 +186,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    # Nothing outlives this process: skip freeing a long simulation's millions of objects one by one.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

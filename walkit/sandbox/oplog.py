@@ -111,9 +111,10 @@ class Oplog:
     def _clock_secs(self) -> int:
         return int(self.clock.now().timestamp())
 
-    def next_ts(self) -> Timestamp:
-        """A new clusterTime, strictly after every earlier one."""
-        secs = self._clock_secs()
+    def next_ts(self, secs: int | None = None) -> Timestamp:
+        """A new clusterTime, strictly after every earlier one (``secs``: the clock's seconds, if read)."""
+        if secs is None:
+            secs = self._clock_secs()
         if secs > self._last.time:
             self._last = Timestamp(secs, 1)
         else:
@@ -136,6 +137,19 @@ class Oplog:
                 entry.wall = wall
                 self.entries.append(entry)
             self.appended += len(entries)
+            self.groups += 1
+            while self.groups > self.max_entries:
+                self._drop_oldest()
+            self.changed.notify_all()
+
+    def append_one(self, entry: Entry) -> None:
+        """:meth:`next_ts` and :meth:`append` for one change, reading the clock once."""
+        with self.changed:
+            wall = self.clock.now()
+            entry.ts = self.next_ts(int(wall.timestamp()))
+            entry.wall = wall
+            self.entries.append(entry)
+            self.appended += 1
             self.groups += 1
             while self.groups > self.max_entries:
                 self._drop_oldest()

@@ -31,6 +31,7 @@ import mongomock_ng.collection
 import mongomock_ng.store
 from bson.decimal128 import Decimal128, create_decimal128_context
 from bson.int64 import Int64
+from bson.objectid import ObjectId
 from bson.regex import Regex
 from mongomock_ng.filtering import filter_applies
 
@@ -45,6 +46,13 @@ class _IdKey(tuple):  # type: ignore[type-arg]
 
 def id_key(value: Any) -> _IdKey:
     """The key under which the document with ``_id`` ``value`` is stored."""
+    kind = type(value)
+    if kind is int or kind is Int64:  # (equal to the Decimal key below: equal numbers hash alike)
+        return _IdKey(("num", value))
+    if kind is str:
+        return _IdKey(("str", value))
+    if kind is ObjectId:  # what the last line gives, without encoding
+        return _IdKey(("bson", b"\x07v\x00" + value.binary + b"\x00"))
     if isinstance(value, _IdKey):
         return value
     if isinstance(value, bool):
@@ -115,14 +123,18 @@ mongomock_ng.collection.Collection._iter_documents = _iter_documents
 # -- one document by _id, straight on the store ------------------------------------
 
 
+#: Common types that are neither mappings nor lists (:func:`clone` shares them).
+_ATOMS = frozenset({str, int, float, bool, type(None), Int64, ObjectId, Decimal128})
+
+
 def clone(value: Any) -> Any:
     """A copy of a document's containers, as mongomock-ng's reads return them (every
     mapping a new dict, every list a new list); other values are immutable and shared."""
     kind = type(value)
     if kind is dict:
-        return {k: clone(v) for k, v in value.items()}
+        return {k: v if type(v) in _ATOMS else clone(v) for k, v in value.items()}
     if kind is list:
-        return [clone(v) for v in value]
+        return [v if type(v) in _ATOMS else clone(v) for v in value]
     if isinstance(value, Mapping):
         return {k: clone(v) for k, v in value.items()}
     if isinstance(value, list):

@@ -47,6 +47,10 @@ def test_empty_environment_values_count_as_unset() -> None:
         ("WAL_RETENTION_DAYS", "nan", "number"),
         ("MONGODB_URI", "http://x", "mongodb://"),
         ("WALKIT_LOG_FORMAT", "xml", "auto, json, text"),
+        ("WAL_RETENTION_DAYS", "inf", "from 0 to 36500"),
+        ("WALKIT_SNAPSHOT_INTERVAL_HOURS", "1e12", "from 0 to 8760"),
+        ("WALKIT_MOCK_LATENCY_MS", "inf", "from 0"),
+        ("WALKIT_API_PORT", "9" * 400, "from 0 to 65535"),
     ],
 )
 def test_an_invalid_value_is_one_line_naming_the_variable_and_the_allowed_values(name: str, value: str, says: str) -> None:

@@ -53,8 +53,12 @@ def _logging(config: Config) -> None:
 
 
 def _stop_on_signals(stop: Any) -> None:
+    """The first SIGTERM/SIGINT asks for a clean stop; a second one ends the process at once."""
+
     def handler(signum: int, frame: object) -> None:
-        log.info("%s received", signal.Signals(signum).name)
+        log.info("%s received: stopping cleanly (send it again to stop at once)", signal.Signals(signum).name)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         stop()
 
     signal.signal(signal.SIGTERM, handler)
@@ -102,8 +106,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         if server is not None:
             server.stop()
-        service.stop()
-    return 0
+        clean = service.stop()
+    return 0 if clean else 1
 
 
 def service_context(service: Any, config: Config) -> Any:

@@ -19,6 +19,7 @@ environment mapping for the helpers in :mod:`walkit.settings`.
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -49,7 +50,7 @@ def _number(low: float, high: float | None = None, whole: bool = False) -> Calla
             value: float | int = int(text) if whole else float(text)
         except ValueError:
             raise ValueError(f"use a {'whole ' if whole else ''}number from {low:g}" + (f" to {high:g}" if high is not None else " up")) from None
-        if value < low or (high is not None and value > high) or value != value:
+        if (not whole and not math.isfinite(value)) or value < low or (high is not None and value > high):
             raise ValueError(f"use a number from {low:g}" + (f" to {high:g}" if high is not None else " up"))
         return value
 
@@ -101,8 +102,8 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting("BACKUP_ENABLED", _bool, True, "run the worker at all (false: `walkit run` exits at once)"),
     Setting("BACKUP_HOUR", _number(0, 23, whole=True), 2, "hour of the day (0-23, in WALKIT_QUOTA_TZ) of the daily call; missed hours are caught up"),
-    Setting("WAL_RETENTION_DAYS", _number(0), 7.0, "keep the local WAL of the last N days (never what is not off-site yet)"),
-    Setting("SNAPSHOT_RETENTION_DAYS", _number(0), 30.0, "keep local snapshots of the last N days"),
+    Setting("WAL_RETENTION_DAYS", _number(0, 36500), 7.0, "keep the local WAL of the last N days (never what is not off-site yet)"),
+    Setting("SNAPSHOT_RETENTION_DAYS", _number(0, 36500), 30.0, "keep local snapshots of the last N days"),
     Setting("BACKUP_USE_FILESYSTEM", _bool, False, "true: the filesystem provider (the original's switch)"),
     Setting("BACKUP_DIR", _text, None, "the filesystem provider's folder, or the mock service's state folder (default: HOME-offsite)"),
     Setting("MONGODB_URI", _uri, None, "the MongoDB replica set to back up", secret=True),
@@ -111,13 +112,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("WALKIT_DATABASE", _text, None, "capture and snapshot one database (default: all but admin, config, local)"),
     Setting("WALKIT_PROVIDER", _choice("mock", "filesystem", "objectstore"), None, "the external service (wins over BACKUP_USE_FILESYSTEM; default mock)"),
     Setting("WALKIT_PROVIDER_URL", _text, None, "the object store's URL: s3://bucket/prefix, gs://..., az://..., file:///..."),
-    Setting("WALKIT_MOCK_LATENCY_MS", _number(0), 500.0, "the mock service's latency"),
+    Setting("WALKIT_MOCK_LATENCY_MS", _number(0, 3_600_000), 500.0, "the mock service's latency"),
     Setting("WALKIT_MOCK_FAILURE_RATE", _number(0, 1), 0.05, "the mock service's share of failed calls"),
-    Setting("WALKIT_MOCK_STORAGE_LIMIT_BYTES", _number(0, whole=True), 500 * 1024 * 1024, "the mock service's storage"),
+    Setting("WALKIT_MOCK_STORAGE_LIMIT_BYTES", _number(0, 2**62, whole=True), 500 * 1024 * 1024, "the mock service's storage"),
     Setting("WALKIT_QUOTA_WINDOW", _choice("rolling", "calendar"), "rolling", "one call per rolling 24 h (as the service enforces) or per calendar day"),
     Setting("WALKIT_QUOTA_TZ", _zone, "UTC", "time zone of BACKUP_HOUR and of the calendar window"),
-    Setting("WALKIT_SNAPSHOT_EVERY_DAYS", _number(0), 1.0, "put a snapshot in the day's bundle when the newest off-site one is N days old (0: only the first)"),
-    Setting("WALKIT_SNAPSHOT_INTERVAL_HOURS", _number(0), 6.0, "take a local snapshot every N hours (0: never; no quota is used)"),
+    Setting("WALKIT_SNAPSHOT_EVERY_DAYS", _number(0, 36500), 1.0, "put a snapshot in the day's bundle when the newest off-site one is N days old (0: only the first)"),
+    Setting("WALKIT_SNAPSHOT_INTERVAL_HOURS", _number(0, 8760), 6.0, "take a local snapshot every N hours (0: never; no quota is used)"),
     Setting("WALKIT_AGE_RECIPIENT", _text, None, "age public key(s), comma separated: bundles are encrypted to them"),
     Setting("WALKIT_AGE_IDENTITY", _text, None, "the age key file that decrypts bundles (restores only)"),
     Setting("WALKIT_API_TOKEN", _text, None, "bearer token for the HTTP API's POST endpoints (unset: they are disabled)", secret=True),

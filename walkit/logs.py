@@ -1,8 +1,8 @@
 """Logging for the long-running commands: text on a terminal, else one JSON object per line.
 
 A JSON line holds ``ts`` (UTC ISO), ``level``, ``logger``, ``msg`` and the
-record's extra fields (``log.info("...", extra={"seq": 5})``).  Every line
-passes a scrubber that replaces the password of any ``mongodb://`` URI and
+record's extra fields (``log.info("...", extra={"seq": 5})``).  Every written
+line (message, extra fields, exception text) passes a scrubber that replaces the password of any ``mongodb://`` URI and
 each configured secret with ``***``; walkit itself never logs document
 contents (events are logged by seq, namespace and operation only).
 """
@@ -62,6 +62,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+class _ScrubbingHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Scrubs the whole formatted line: the message, extra fields, exception text."""
+
+    def __init__(self, stream: TextIO, scrubber: Scrubber) -> None:
+        super().__init__(stream)
+        self.scrubber = scrubber
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.scrubber.scrub(super().format(record))
+
+
 def setup_logging(fmt: str = "auto", level: str = "info", secrets: Iterable[str] = (), stream: TextIO | None = None) -> logging.Handler:
     """Route the ``walkit`` loggers to ``stream`` (default stderr); returns the handler.
 
@@ -71,9 +82,10 @@ def setup_logging(fmt: str = "auto", level: str = "info", secrets: Iterable[str]
     stream = stream or sys.stderr
     if fmt == "auto":
         fmt = "text" if getattr(stream, "isatty", lambda: False)() else "json"
-    handler = logging.StreamHandler(stream)
+    scrubber = Scrubber(secrets)
+    handler = _ScrubbingHandler(stream, scrubber)
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(Scrubber(secrets))
+    handler.addFilter(scrubber)
     handler.set_name("walkit")
     root = logging.getLogger("walkit")
     for old in [h for h in root.handlers if h.get_name() == "walkit"]:

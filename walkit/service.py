@@ -115,7 +115,7 @@ class BackupService:
         self._ready = threading.Event()
         self._capture_error: BaseException | None = None
         self._earlier = {"events": 0, "gaps": 0, "reconnects": 0}  # counts of capture runs before this one
-        self._counters = {"scheduler_passes": 0, "errors": 0, "capture_restarts": 0, "uploads_ok": 0, "uploads_failed": 0, "snapshots_taken": 0}
+        self._counters = {"scheduler_passes": 0, "errors": 0, "capture_restarts": 0, "uploads_ok": 0, "uploads_failed": 0, "uploads_skipped": 0, "snapshots_taken": 0}
         self._phase = "stopped"
         self._started_at: datetime | None = None
         self._first_started_at: datetime | None = None  # of the first worker in this home (HOME/worker.json)
@@ -123,7 +123,8 @@ class BackupService:
         self._next_snapshot_at: datetime | None = None
         self._retry_after: datetime | None = None  # the service was unreachable: not before this
         self._given_up_slot: datetime | None = None  # this slot's call cannot succeed (e.g. too large)
-        self._work = threading.Lock()  # one snapshot/upload/prune at a time in this process
+        self._work = threading.Lock()
+        self._state_lock = threading.Lock()  # one snapshot/upload/prune at a time in this process
 
     @classmethod
     def from_config(cls, config: Config, *, clock: Clock | None = None, **overrides: Any) -> BackupService:
@@ -154,7 +155,11 @@ class BackupService:
         WAL locked by another process)."""
         if self._threads:
             raise WalkitError("the worker is already running")
-        self._stop.clear()
+        if self.capture is not None:  # a restart of this object: the last run's counts carry over
+            for key in self._earlier:
+                self._earlier[key] += getattr(self.capture.stats, key)
+            self.capture = None
+        self._ready.clear()
         self._started_at = self.clock.now()
         self._first_started_at = _first_start(self.home) or self._started_at
         self._phase = "starting"
@@ -164,6 +169,10 @@ class BackupService:
         deadline = time.monotonic() + timeout
         while not (self._ready.is_set() and self.capture is not None and self.capture.streaming.is_set()):
             time.sleep(0.01)
+            if self._stop.is_set() and self._capture_error is None:  # stopped (a signal) while starting
+                capture_thread.join(timeout)
+                self._phase = "stopped"
+                return self
             if not capture_thread.is_alive() or time.monotonic() > deadline:
                 self._stop.set()
                 capture_thread.join(10)
@@ -173,25 +182,38 @@ class BackupService:
                 raise ServerError(describe_error(error) or f"capture could not start: {error}") from error
         self._phase = "capturing"
         scheduler = threading.Thread(target=self._schedule_loop, name="walkit-scheduler", daemon=True)
-        self._threads = [capture_thread, scheduler]
+        heartbeat = threading.Thread(target=self._heartbeat_loop, name="walkit-heartbeat", daemon=True)
+        self._threads = [capture_thread, scheduler, heartbeat]
         scheduler.start()
+        heartbeat.start()
         return self
 
-    def stop(self, timeout: float = 60.0) -> None:
-        """Stop the scheduler (after its current step), then capture (caught up, fsynced)."""
+    def stop(self, timeout: float = 60.0) -> bool:
+        """Stop the scheduler (after its current step), then capture (caught up, fsynced).
+
+        False (and an error logged) when a thread did not end within ``timeout`` seconds:
+        then what it was doing (a snapshot, the call) may be cut short by the process exiting."""
+        self._stop.set()
         if not self._threads:
-            return
+            self._stop = threading.Event()
+            return True
         self._phase = "stopping"
         log.info("worker stopping")
-        self._stop.set()
         if self.capture is not None:
             self.capture.stop()
+        deadline = time.monotonic() + timeout
         for thread in self._threads:
-            thread.join(timeout)
+            thread.join(max(0.0, deadline - time.monotonic()))
+        stuck = [t.name for t in self._threads if t.is_alive()]
         self._threads = []
+        self._stop = threading.Event()  # a later start() begins afresh
         self._phase = "stopped"
         self._write_state()
+        if stuck:
+            log.error("worker stopped with %s still running after %g s: its step may be cut short", ", ".join(stuck), timeout)
+            return False
         log.info("worker stopped; %d events captured in this run, everything is on disk", self.live()["events_captured"])
+        return True
 
     def stop_soon(self) -> None:
         """Ask the worker to stop (safe in a signal handler); :meth:`wait` then returns."""
@@ -234,7 +256,7 @@ class BackupService:
             except BaseException:
                 self._counters["uploads_failed"] += 1
                 raise
-        self._counters["uploads_ok"] += 1
+        self._counters["uploads_skipped" if result.skipped else "uploads_ok"] += 1
         if result.skipped:
             log.info("daily call: nothing sent (%s)", result.skipped)
         else:
@@ -252,22 +274,29 @@ class BackupService:
 
     # -- what it is doing -------------------------------------------------------------------
     def next_upload_at(self) -> datetime:
-        """When the scheduler will next make the daily call (if the service answers)."""
+        """When the scheduler will next make the daily call (if the service answers);
+        QuotaError when the ledger cannot be read."""
         now = self.clock.now()
         slot = self._slot(now)
         last = self.ledger.last_spent()
         fresh = last is None and self._first_started_at is not None and slot < self._first_started_at
-        due = slot if not fresh and (last is None or last.at < slot) else self._slot(slot + timedelta(days=1, hours=1))
-        return max(now, due, self.ledger.next_allowed(last) or due, self._retry_after or due)
+        made = last is not None and last.at >= slot
+        due = slot if not fresh and not made and self._given_up_slot != slot else self._slot(slot + timedelta(days=1, hours=1))
+        return max(now, due, self._allowed(last) or due, self._retry_after or due)
 
     def live(self) -> dict[str, Any]:
         """The worker's counters (the HTTP API's ``worker`` part and ``/metrics``)."""
         stats = self.capture.stats if self.capture else None
         lags = _recent(stats.lags) if stats else []
+        try:
+            next_upload, ledger_error = _iso(self.next_upload_at()), None
+        except WalkitError as exc:
+            next_upload, ledger_error = None, str(exc)
+        scheduling = any(t.name == "walkit-scheduler" and t.is_alive() for t in self._threads)
         out: dict[str, Any] = {
             "service": self.service_name,
             "running": self.running,
-            "healthy": self.running and self._capture_error is None and self._ready.is_set(),
+            "healthy": self.running and scheduling and self._capture_error is None and ledger_error is None and self._ready.is_set(),
             "phase": self._phase,
             "pid": os.getpid(),
             "started_at": _iso(self._started_at),
@@ -281,7 +310,8 @@ class BackupService:
             "capture_error": None if self._capture_error is None else str(self._capture_error),
             **self._counters,
             **{k: _iso(v) for k, v in self._times.items()},
-            "next_upload_at": _iso(self.next_upload_at()),
+            "next_upload_at": next_upload,
+            "ledger_error": ledger_error,
             "updated_at": _iso(self.clock.now()),
         }
         return out
@@ -289,15 +319,17 @@ class BackupService:
     # -- threads ------------------------------------------------------------------------------
     def _capture_loop(self) -> None:
         pause = 1.0
-        while not self._stop.is_set():
-            if self.capture is not None:
-                for key in self._earlier:
-                    self._earlier[key] += getattr(self.capture.stats, key)
+        stop = self._stop
+        while not stop.is_set():
             options = {"clock": SystemClock(), **self.capture_options}  # lags are real seconds, whatever the schedule's clock
-            self.capture = ChangeCapture(self.uri, self.home, database=self.database, **options)
-            self.capture.on_ready = lambda _cap: self._on_capture_ready()
+            capture = ChangeCapture(self.uri, self.home, database=self.database, **options)
+            capture.on_ready = lambda _cap: self._on_capture_ready()
+            old, self.capture = self.capture, capture
+            if old is not None:
+                for key in self._earlier:
+                    self._earlier[key] += getattr(old.stats, key)
             try:
-                self.capture.run(self._stop)
+                capture.run(stop)
                 return
             except BaseException as exc:  # noqa: BLE001 - reported, then retried
                 self._capture_error = exc
@@ -306,7 +338,7 @@ class BackupService:
                     return  # start() raises it
                 log.error("capture stopped: %s; starting it again in %.0f s", exc, pause)
                 self._counters["capture_restarts"] += 1
-                self._stop.wait(pause)
+                stop.wait(pause)
                 pause = min(pause * 2, 60.0)
 
     def _on_capture_ready(self) -> None:
@@ -315,9 +347,16 @@ class BackupService:
         assert self.capture is not None and self.capture.writer is not None
         log.info("capture running: %s, next seq %d", self.capture.scope, self.capture.writer.next_seq)
 
+    def _heartbeat_loop(self) -> None:
+        """worker.json every ``tick``, also while a long step runs (``walkit serve`` reads it)."""
+        stop = self._stop  # this run's (stop() gives a later start a new one)
+        while not stop.wait(max(self.tick, 0.2)):
+            self._write_state()
+
     def _schedule_loop(self) -> None:
+        stop = self._stop
         self._step(first=True)
-        while not self._stop.wait(self.tick):
+        while not stop.wait(self.tick):
             self._step()
 
     def _step(self, first: bool = False) -> None:
@@ -339,7 +378,7 @@ class BackupService:
                 self._counters["errors"] += 1
                 log.exception("%s failed unexpectedly: %s", name, exc)
         self._counters["scheduler_passes"] += 1
-        self._write_state()
+        self._write_state()  # never raises
 
     def _snapshot_due(self) -> bool:
         if self.snapshot_interval <= timedelta(0) or (self.capture is not None and self.capture.snapshotting):
@@ -368,8 +407,18 @@ class BackupService:
             return False  # the first worker in this home waits for its first hour (nothing was missed)
         if self._given_up_slot == slot or (self._retry_after is not None and now < self._retry_after):
             return False
-        allowed = self.ledger.next_allowed(last)
+        allowed = self._allowed(last)
         return allowed is None or now >= allowed
+
+    def _allowed(self, last: Any) -> datetime | None:
+        """The ledger's next allowed call, and no sooner than the provider's own rolling limit
+        (a calendar-day window must not call a service that counts 24 h from the last call)."""
+        allowed = self.ledger.next_allowed(last)
+        hours = getattr(self.provider, "rate_limit_hours", 0) or 0
+        if last is not None and hours:
+            own = last.at + timedelta(hours=hours)
+            allowed = own if allowed is None else max(allowed, own)
+        return allowed
 
     def _daily_call(self) -> None:
         now = self.clock.now()
@@ -388,20 +437,35 @@ class BackupService:
             log.error("daily call not made: %s; trying again at the next daily hour", exc)
             return
         except ProviderError as exc:
-            log.error("daily call failed after it was sent: %s; the next is allowed at %s", exc, _iso(self.ledger.next_allowed()))
+            if exc.sent:
+                log.error("daily call failed after it was sent: %s; the next is allowed at %s", exc, _iso(self.ledger.next_allowed()))
+                return
+            self._retry_later("the service refused it before anything was sent", exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - e.g. MongoDB down for the snapshot, a full disk: nothing was sent
+            self._retry_later("it could not be prepared", exc)
             return
         self.prune()
 
+    def _retry_later(self, why: str, exc: Exception) -> None:
+        self._counters["errors"] += 1
+        self._retry_after = self.clock.now() + self.retry
+        log.error("daily call not made, %s (%s); trying again at %s; today's call is not spent", why, exc, _iso(self._retry_after))
+
     def _write_state(self) -> None:
+        """Rewrite worker.json atomically (one writer at a time); a failure is logged, never raised."""
         path = self.home.path / "worker.json"
         if not self.home.path.is_dir():
             return
         tmp = path.with_name(".worker.json.tmp")
         try:
-            tmp.write_text(json.dumps(self.live(), default=str))
-            os.replace(tmp, path)
+            with self._state_lock:
+                tmp.write_text(json.dumps(self.live(), default=str))
+                os.replace(tmp, path)
         except OSError as exc:
             log.warning("cannot write %s: %s", path, exc.strerror)
+        except Exception as exc:  # noqa: BLE001 - reporting must never stop the worker
+            log.warning("cannot write %s: %s", path, exc)
 
     def _in_phase(self, phase: str) -> _Phase:
         return _Phase(self, phase)

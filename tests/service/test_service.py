@@ -171,3 +171,41 @@ def test_create_backup_service_takes_the_originals_options(sim: Any, tmp_path: P
     assert service.uri == sim[0]
     with pytest.raises(Exception, match="0..23"):
         create_backup_service(dailyBackupHour=24)
+
+
+def test_a_call_refused_before_sending_is_retried_later_not_every_tick(make_worker: Any, sim: Any) -> None:
+    from walkit.errors import ProviderError
+
+    service, clock, provider = make_worker(start=datetime(2026, 3, 2, 1, 0, tzinfo=UTC), daily_backup_hour=2, retry_minutes=30)
+    refusals: list[int] = []
+    real_upload = provider.upload
+
+    def refuse_once(data: Any, metadata: Any) -> Any:
+        if not refusals:
+            refusals.append(1)
+            raise ProviderError("the name is already taken; nothing was stored", sent=False)
+        return real_upload(data, metadata)
+
+    provider.upload = refuse_once  # type: ignore[method-assign]
+    pymongo.MongoClient(sim[0]).shop.orders.insert_one({"n": 1})
+    clock.set(datetime(2026, 3, 2, 2, 0, tzinfo=UTC))
+    wait_for(lambda: refusals, what="the refused call")
+    for _ in range(3):
+        _settle(service)
+    assert service.live()["uploads_failed"] == 1, "not retried on every tick"
+    assert service.next_upload_at() >= datetime(2026, 3, 2, 2, 30, tzinfo=UTC)
+    clock.set(datetime(2026, 3, 2, 2, 31, tzinfo=UTC))
+    wait_for(lambda: _calls_done(service, 1) and _spent(service)[0].ok, what="the retry")
+
+
+def test_an_unreadable_ledger_makes_the_worker_unhealthy_but_keeps_it_running(make_worker: Any) -> None:
+    service, clock, provider = make_worker()
+    ledger = service.ledger.path
+    ledger.parent.mkdir(parents=True, exist_ok=True)
+    ledger.write_text('{"kind": "intent", "id": "a", "at": "2026-03-02T00:00:00+00:00", "what": {}}\nnot json\n{"kind": "result"}\n')
+    _settle(service)
+    live = service.live()
+    assert live["running"] and not live["healthy"] and "line 2" in live["ledger_error"]
+    before = live["scheduler_passes"]
+    wait_for(lambda: service.live()["scheduler_passes"] > before + 2, what="the scheduler going on")
+    assert json.loads((service.home.path / "worker.json").read_text())["healthy"] is False

@@ -16,8 +16,10 @@ def _restore_logging() -> object:
     """setup_logging changes the process's ``walkit`` logger: undo it for the other tests."""
     root = logging.getLogger("walkit")
     saved = (list(root.handlers), root.level, root.propagate)
+    top = list(logging.getLogger().handlers)
     yield
     root.handlers[:], root.level, root.propagate = saved
+    logging.getLogger().handlers[:] = top
 
 
 def test_json_lines_carry_extra_fields_and_no_secrets() -> None:
@@ -61,3 +63,11 @@ def test_text_tracebacks_are_scrubbed_too() -> None:
     except RuntimeError:
         logging.getLogger("walkit.t").exception("failed")
     assert "Traceback" in out.getvalue() and "tok-abcdefgh" not in out.getvalue() and "pw9876" not in out.getvalue()
+
+
+def test_other_libraries_warnings_come_out_the_same_way() -> None:
+    out = io.StringIO()
+    setup_logging("json", "info", secrets=["tok-abcdefgh"], stream=out)
+    logging.getLogger("uvicorn.error").warning("bad request with tok-abcdefgh")
+    line = json.loads(out.getvalue().splitlines()[-1])
+    assert line["logger"] == "uvicorn.error" and "tok-abcdefgh" not in line["msg"]

@@ -74,7 +74,8 @@ class _ScrubbingHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 def setup_logging(fmt: str = "auto", level: str = "info", secrets: Iterable[str] = (), stream: TextIO | None = None) -> logging.Handler:
-    """Route the ``walkit`` loggers to ``stream`` (default stderr); returns the handler.
+    """Route the ``walkit`` loggers (at ``level``) and the root logger (other libraries, at
+    the root's level) to ``stream`` (default stderr); returns the handler.
 
     ``fmt``: ``json``, ``text`` or ``auto`` (text when ``stream`` is a terminal).
     Replaces a handler an earlier call installed, so it can be called again.
@@ -87,10 +88,11 @@ def setup_logging(fmt: str = "auto", level: str = "info", secrets: Iterable[str]
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(scrubber)
     handler.set_name("walkit")
-    root = logging.getLogger("walkit")
-    for old in [h for h in root.handlers if h.get_name() == "walkit"]:
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(level.upper())
-    root.propagate = False
+    ours = logging.getLogger("walkit")
+    for old in [h for h in ours.handlers if h.get_name() == "walkit"]:
+        ours.removeHandler(old)
+    ours.addHandler(handler)
+    ours.setLevel(level.upper())
+    ours.propagate = False
+    logging.getLogger().handlers[:] = [handler]  # other libraries' warnings (uvicorn, pymongo) in the same form
     return handler

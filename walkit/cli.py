@@ -66,12 +66,7 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     print(box.uri, flush=True)
     if not args.quiet:
         print(f"{SANDBOX_NOTICE}.\nkeeping the last {args.oplog_size} oplog entries; Ctrl-C stops it.", file=sys.stderr, flush=True)
-    try:
-        box.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        box.stop()
+    box.serve_until_interrupted()
     return 0
 
 

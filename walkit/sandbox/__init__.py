@@ -70,6 +70,15 @@ class Sandbox:
     def serve_forever(self) -> None:
         self._server.serve_forever(poll_interval=0.2)
 
+    def serve_until_interrupted(self) -> None:
+        """Serve in this thread until KeyboardInterrupt (a signal handler raises it), then stop."""
+        try:
+            self.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stop()
+
     def stop(self) -> None:
         self._server.close_connections()
         self._server.shutdown() if self._thread else None

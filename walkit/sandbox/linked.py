@@ -176,12 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     threading.Thread(target=_orphaned, name="walkit-linked-parent", daemon=True).start()
     _tune_gc()
     print(box.uri, flush=True)
-    try:
-        box.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        box.stop()
+    box.serve_until_interrupted()
     return 0
 
 

@@ -141,6 +141,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     ledger = _ledger(args, home)
     provider = _provider(args, home, ledger) if args.check_provider else None
     report = status(home, ledger, provider)
+    if (home.path / "worker.json").exists():
+        from .cli_service import worker_state
+
+        report["worker"] = worker_state(home)
     print(json.dumps(report, indent=2, default=str) if args.json else describe(report))
     return 0
 

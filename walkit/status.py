@@ -113,4 +113,11 @@ def describe(report: dict[str, Any]) -> str:
     cap = report["capture"]
     age = f" ({cap['age_seconds']:.0f} s ago)" if cap["age_seconds"] is not None else ""
     lines.append(f"capture      newest WAL record {cap['newest_record'] or '-'}{age}")
+    worker = report.get("worker")
+    if worker:
+        if worker.get("running"):
+            health = "healthy" if worker.get("healthy") else "UNHEALTHY"
+            lines.append(f"worker       running, {health} (pid {worker.get('pid')}, {worker.get('phase')}); next call due {worker.get('next_upload_at') or '-'}")
+        else:
+            lines.append(f"worker       {worker.get('phase') or 'not running'}")
     return "\n".join(lines)

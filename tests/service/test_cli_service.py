@@ -95,6 +95,8 @@ def test_serve_shows_a_worker_running_in_another_process(env: dict[str, str], tm
     assert url.startswith("http://127.0.0.1:")
     wait_for(lambda: httpx.get(f"{url}/backup/status").json()["worker"].get("running"), what="the worker seen running")
     assert httpx.get(f"{url}/healthz").status_code == 200
+    shown = walkit("status", "--home", env["WALKIT_HOME"])
+    assert shown.returncode == 0 and "worker       running, healthy" in shown.stdout, shown.stdout + shown.stderr
     assert httpx.post(f"{url}/backup/snapshot").status_code == 403, "no token configured: POSTs are disabled"
     assert worker.stop() == 0
     wait_for(lambda: not httpx.get(f"{url}/backup/status").json()["worker"].get("running"), what="the stopped worker seen")

@@ -46,8 +46,8 @@ def add_policy(parser: argparse.ArgumentParser) -> None:
 
 def _provider(args: argparse.Namespace, home: Home, ledger: QuotaLedger | None = None) -> Any:
     kind = settings.provider_kind(args.provider)
-    location = settings.provider_location(kind, args.backup_url if kind == "objectstore" else args.backup_dir, home)
-    return settings.make_configured_provider(kind, location, clock=ledger.clock if ledger else None)
+    location = args.backup_url if kind == "objectstore" else args.backup_dir
+    return settings.configured_provider(home, clock=ledger.clock if ledger else None, kind=kind, location=location)
 
 
 def _ledger(args: argparse.Namespace, home: Home) -> QuotaLedger:
@@ -142,7 +142,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     provider = _provider(args, home, ledger) if args.check_provider else None
     report = status(home, ledger, provider)
     if (home.path / "worker.json").exists():
-        from .cli_service import worker_state
+        from .service import worker_state
 
         report["worker"] = worker_state(home)
     print(json.dumps(report, indent=2, default=str) if args.json else describe(report))

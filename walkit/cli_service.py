@@ -6,11 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import sys
-import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -133,18 +130,17 @@ def offline_context(config: Config) -> Any:
     """The HTTP API over a home with no worker in this process (``walkit serve``): the worker's
     counters come from ``HOME/worker.json`` when a worker writes it."""
     from .api import ApiContext
+    from .service import worker_state
     from .snapshot import take_snapshot
     from .upload import Policy, quota_dir, upload
 
     env = config.environ()
     home = Home(config.walkit_home)
     ledger = QuotaLedger(quota_dir(home), window=config.walkit_quota_window, tz=config.walkit_quota_tz)
-    kind = settings.provider_kind(None, env)
-    location = settings.provider_location(kind, None, home, env)
     uri = config.mongodb_uri
 
     def provider() -> Any:
-        return settings.make_configured_provider(kind, location, clock=ledger.clock, environ=env)
+        return settings.configured_provider(home, env, clock=ledger.clock)
 
     def trigger() -> Any:
         return upload(home, provider(), ledger, policy=Policy(snapshot_every_days=config.walkit_snapshot_every_days),
@@ -157,32 +153,6 @@ def offline_context(config: Config) -> Any:
         home=home, ledger=ledger, token=config.walkit_api_token, snapshot=snapshot if uri else None, trigger=trigger,
         provider=provider, live=lambda: worker_state(home), strategy=_strategy(config),
     )
-
-
-def worker_state(home: Home, stale_after: float = 30.0) -> dict[str, Any]:
-    """What a worker last wrote to ``HOME/worker.json``; ``running`` only if it is fresh and its process lives."""
-    path = home.path / "worker.json"
-    try:
-        state = json.loads(path.read_text())
-        age = time.time() - path.stat().st_mtime
-    except (OSError, ValueError):
-        return {"running": False, "healthy": False, "phase": "no worker has run in this home"}
-    alive = _pid_alive(state.get("pid"))
-    if not alive or age > stale_after:
-        state.update(running=False, healthy=False, phase=f"not running (last seen {datetime.fromtimestamp(path.stat().st_mtime, UTC).isoformat()})")
-    return state
-
-
-def _pid_alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -16,12 +16,17 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Clock", "SystemClock", "SimulatedClock", "as_utc"]
+__all__ = ["Clock", "SystemClock", "SimulatedClock", "as_utc", "iso"]
 
 
 def as_utc(dt: datetime) -> datetime:
     """``dt`` with a time zone: a naive datetime means UTC (as everywhere in walkit)."""
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def iso(value: datetime | None) -> str | None:
+    """ISO 8601, or None."""
+    return value.isoformat() if value is not None else None
 
 
 @runtime_checkable

@@ -39,15 +39,16 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
-from datetime import datetime, timedelta
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from . import settings
 from .capture import ChangeCapture
-from .clock import Clock, SystemClock
+from .clock import Clock, SystemClock, iso
 from .config import Config
 from .errors import ProviderError, ProviderUnavailableError, QuotaExceededError, ServerError, StorageLimitError, WalkitError
 from .home import Home
@@ -60,7 +61,7 @@ from .upload import Policy, UploadResult, quota_dir, upload
 
 log = logging.getLogger("walkit.service")
 
-__all__ = ["BackupService", "create_backup_service"]
+__all__ = ["BackupService", "create_backup_service", "worker_state"]
 
 
 class BackupService:
@@ -123,8 +124,8 @@ class BackupService:
         self._next_snapshot_at: datetime | None = None
         self._retry_after: datetime | None = None  # the service was unreachable: not before this
         self._given_up_slot: datetime | None = None  # this slot's call cannot succeed (e.g. too large)
-        self._work = threading.Lock()
-        self._state_lock = threading.Lock()  # one snapshot/upload/prune at a time in this process
+        self._work = threading.Lock()  # one snapshot/upload/prune at a time in this process
+        self._state_lock = threading.Lock()  # one writer of worker.json at a time
 
     @classmethod
     def from_config(cls, config: Config, *, clock: Clock | None = None, **overrides: Any) -> BackupService:
@@ -135,8 +136,7 @@ class BackupService:
             raise ConfigError("MONGODB_URI is not set: the worker needs the replica set to back up (or --uri)")
         env = config.environ()
         home = Home(config.walkit_home)
-        kind = settings.provider_kind(None, env)
-        provider = settings.make_configured_provider(kind, settings.provider_location(kind, None, home, env), clock=clock, environ=env)
+        provider = settings.configured_provider(home, env, clock=clock)
         options: dict[str, Any] = dict(
             service_name=config.walkit_service_name, database=config.walkit_database, provider=provider,
             daily_backup_hour=config.backup_hour, snapshot_interval_hours=config.walkit_snapshot_interval_hours,
@@ -289,7 +289,7 @@ class BackupService:
         stats = self.capture.stats if self.capture else None
         lags = _recent(stats.lags) if stats else []
         try:
-            next_upload, ledger_error = _iso(self.next_upload_at()), None
+            next_upload, ledger_error = iso(self.next_upload_at()), None
         except WalkitError as exc:
             next_upload, ledger_error = None, str(exc)
         scheduling = any(t.name == "walkit-scheduler" and t.is_alive() for t in self._threads)
@@ -299,8 +299,8 @@ class BackupService:
             "healthy": self.running and scheduling and self._capture_error is None and ledger_error is None and self._ready.is_set(),
             "phase": self._phase,
             "pid": os.getpid(),
-            "started_at": _iso(self._started_at),
-            "first_started_at": _iso(self._first_started_at),
+            "started_at": iso(self._started_at),
+            "first_started_at": iso(self._first_started_at),
             "events_captured": self._earlier["events"] + (stats.events if stats else 0),
             "gaps": self._earlier["gaps"] + (stats.gaps if stats else 0),
             "reconnects": self._earlier["reconnects"] + (stats.reconnects if stats else 0),
@@ -309,10 +309,10 @@ class BackupService:
             "capture_lag_max_seconds": max(lags) if lags else None,
             "capture_error": None if self._capture_error is None else str(self._capture_error),
             **self._counters,
-            **{k: _iso(v) for k, v in self._times.items()},
+            **{k: iso(v) for k, v in self._times.items()},
             "next_upload_at": next_upload,
             "ledger_error": ledger_error,
-            "updated_at": _iso(self.clock.now()),
+            "updated_at": iso(self.clock.now()),
         }
         return out
 
@@ -430,7 +430,7 @@ class BackupService:
             return
         except ProviderUnavailableError as exc:
             self._retry_after = now + self.retry
-            log.warning("daily call not made, the service is unreachable (%s); trying again at %s; today's call is not spent", exc, _iso(self._retry_after))
+            log.warning("daily call not made, the service is unreachable (%s); trying again at %s; today's call is not spent", exc, iso(self._retry_after))
             return
         except StorageLimitError as exc:
             self._given_up_slot = self._slot(now)
@@ -438,7 +438,7 @@ class BackupService:
             return
         except ProviderError as exc:
             if exc.sent:
-                log.error("daily call failed after it was sent: %s; the next is allowed at %s", exc, _iso(self.ledger.next_allowed()))
+                log.error("daily call failed after it was sent: %s; the next is allowed at %s", exc, iso(self.ledger.next_allowed()))
                 return
             self._retry_later("the service refused it before anything was sent", exc)
             return
@@ -450,7 +450,7 @@ class BackupService:
     def _retry_later(self, why: str, exc: Exception) -> None:
         self._counters["errors"] += 1
         self._retry_after = self.clock.now() + self.retry
-        log.error("daily call not made, %s (%s); trying again at %s; today's call is not spent", why, exc, _iso(self._retry_after))
+        log.error("daily call not made, %s (%s); trying again at %s; today's call is not spent", why, exc, iso(self._retry_after))
 
     def _write_state(self) -> None:
         """Rewrite worker.json atomically (one writer at a time); a failure is logged, never raised."""
@@ -467,22 +467,15 @@ class BackupService:
         except Exception as exc:  # noqa: BLE001 - reporting must never stop the worker
             log.warning("cannot write %s: %s", path, exc)
 
-    def _in_phase(self, phase: str) -> _Phase:
-        return _Phase(self, phase)
-
-
-class _Phase:
-    """Sets the worker's phase for the duration of a step (seen in ``live()`` and worker.json)."""
-
-    def __init__(self, service: BackupService, phase: str) -> None:
-        self.service, self.phase, self.before = service, phase, service._phase
-
-    def __enter__(self) -> None:
-        self.before, self.service._phase = self.service._phase, self.phase
-        self.service._write_state()
-
-    def __exit__(self, *exc: object) -> None:
-        self.service._phase = self.before
+    @contextmanager
+    def _in_phase(self, phase: str) -> Iterator[None]:
+        """The worker's phase for the duration of a step (seen in ``live()`` and worker.json)."""
+        before, self._phase = self._phase, phase
+        self._write_state()
+        try:
+            yield
+        finally:
+            self._phase = before
 
 
 def create_backup_service(
@@ -509,16 +502,48 @@ def create_backup_service(
     return BackupService(uri, options.pop("home", None), **options)
 
 
+def _read_state(home: Home) -> tuple[dict[str, Any], float] | None:
+    """HOME/worker.json and its mtime (None: no worker has written it, or it is unreadable)."""
+    path = home.path / "worker.json"
+    try:
+        mtime = path.stat().st_mtime
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return (state, mtime) if isinstance(state, dict) else None
+
+
 def _first_start(home: Home) -> datetime | None:
     """When the first worker started in ``home`` (None: never, or unreadable)."""
+    found = _read_state(home)
     try:
-        return datetime.fromisoformat(json.loads((home.path / "worker.json").read_text())["first_started_at"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return datetime.fromisoformat(found[0]["first_started_at"]) if found else None
+    except (ValueError, KeyError, TypeError):
         return None
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
+def worker_state(home: Home, stale_after: float = 30.0) -> dict[str, Any]:
+    """What a worker last wrote to ``HOME/worker.json`` (for a process other than the worker's:
+    ``walkit serve``, ``walkit status``); ``running`` only if it is fresh and its process lives."""
+    found = _read_state(home)
+    if found is None:
+        return {"running": False, "healthy": False, "phase": "no worker has run in this home"}
+    state, mtime = found
+    if not _pid_alive(state.get("pid")) or time.time() - mtime > stale_after:
+        state.update(running=False, healthy=False, phase=f"not running (last seen {datetime.fromtimestamp(mtime, UTC).isoformat()})")
+    return state
+
+
+def _pid_alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _recent(values: Any, n: int = 2000) -> list[float]:

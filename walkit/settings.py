@@ -30,7 +30,7 @@ from .clock import Clock
 from .errors import ConfigError
 from .home import Home
 
-__all__ = ["env_bool", "env_float", "provider_kind", "provider_location", "make_configured_provider", "recipients", "identities"]
+__all__ = ["env_bool", "env_float", "provider_kind", "provider_location", "make_configured_provider", "configured_provider", "recipients", "identities"]
 
 PROVIDERS = ("mock", "filesystem", "objectstore")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
@@ -96,6 +96,14 @@ def make_configured_provider(kind: str, location: str, clock: Clock | None = Non
             "storage_limit_bytes": int(env_float("WALKIT_MOCK_STORAGE_LIMIT_BYTES", 500 * 1024 * 1024, env)),
         }
     return make_provider(kind, location, clock=clock, **options)
+
+
+def configured_provider(
+    home: Home, environ: Mapping[str, str] | None = None, clock: Clock | None = None, kind: str | None = None, location: str | None = None
+) -> Any:
+    """The provider the options/environment name (:func:`provider_kind`, :func:`provider_location`)."""
+    kind = provider_kind(kind, environ)
+    return make_configured_provider(kind, provider_location(kind, location, home, environ), clock=clock, environ=environ)
 
 
 def recipients(option: str | None = None, environ: Mapping[str, str] | None = None) -> list[Any]:

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .bundle import slice_records
-from .clock import Clock
+from .clock import Clock, iso
 from .errors import ProviderError, WalkitError
 from .home import Home
 from .offsite import OffsiteBundle, list_offsite, resolve_chain
@@ -23,10 +23,6 @@ from .snapshot import list_snapshots
 from .upload import last_offsite_snapshot, position_after, uploaded_calls
 
 __all__ = ["status"]
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
 
 
 def status(home: Home, ledger: QuotaLedger, provider: ExternalBackupProvider | None = None, clock: Clock | None = None) -> dict[str, Any]:
@@ -59,15 +55,15 @@ def status(home: Home, ledger: QuotaLedger, provider: ExternalBackupProvider | N
     out["waiting"] = pending
     # restorable windows
     runs, _ = scan_wal(home.wal_dir, Target("at", datetime(1970, 1, 1, tzinfo=UTC))) if home.wal_dir.exists() else ([], None)
-    out["local"] = [{"from": _iso(a), "to": _iso(b)} for a, b, _ in windows(snaps, runs)]
+    out["local"] = [{"from": iso(a), "to": iso(b)} for a, b, _ in windows(snaps, runs)]
     newest = max((r.end_wall for r in runs if r.end_wall is not None), default=None)
-    out["capture"] = {"newest_record": _iso(newest), "age_seconds": None if newest is None else round((now - newest).total_seconds(), 3)}
+    out["capture"] = {"newest_record": iso(newest), "age_seconds": None if newest is None else round((now - newest).total_seconds(), 3)}
     if provider is not None:
         try:
             chain = resolve_chain(list_offsite(provider))
             out["offsite"] = {
                 "source": provider.name, "bundles": len(chain.bundles), "missing": chain.missing() or None,
-                "windows": [{"from": _iso(a), "to": _iso(b)} for a, b in chain.windows()],
+                "windows": [{"from": iso(a), "to": iso(b)} for a, b in chain.windows()],
             }
         except ProviderError as exc:
             out["offsite"] = {"source": provider.name, "error": str(exc)}
@@ -75,7 +71,7 @@ def status(home: Home, ledger: QuotaLedger, provider: ExternalBackupProvider | N
         chain = resolve_chain([OffsiteBundle(str(c.ref), int(c.what.get("size") or 0), c.at, c.what) for c in calls])
         out["offsite"] = {
             "source": "the quota ledger", "bundles": len(chain.bundles), "missing": chain.missing() or None,
-            "windows": [{"from": _iso(a), "to": _iso(b)} for a, b in chain.windows()],
+            "windows": [{"from": iso(a), "to": iso(b)} for a, b in chain.windows()],
         }
     return out
 

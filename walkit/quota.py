@@ -39,7 +39,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .clock import Clock, SystemClock
 from .errors import ConfigError, QuotaError, QuotaExceededError
-from .walwriter import fsync_dir
+from .walwriter import append_json_line
 
 __all__ = ["QuotaLedger", "Call", "WINDOWS"]
 
@@ -200,29 +200,5 @@ class QuotaLedger:
             self._append({"kind": "result", "id": call.id, "at": self.clock.now().isoformat(), "ok": True, "sent": True, "ref": call.ref})
 
     def _append(self, record: dict[str, Any]) -> None:
-        new = not self.path.exists()
-        if not new:
-            self._drop_torn_tail()
-        with self.path.open("ab") as f:
-            f.write(json.dumps(record, default=str).encode() + b"\n")
-            f.flush()
-            os.fsync(f.fileno())
-        if new:
-            fsync_dir(self.folder)
-
-    def _drop_torn_tail(self) -> None:
-        """Cut a last line without its newline (a crash while appending: its step never completed),
-        so the next record starts on a line of its own.  Called with the lock held."""
-        with self.path.open("rb+") as f:
-            size = f.seek(0, os.SEEK_END)
-            if not size:
-                return
-            f.seek(size - 1)
-            if f.read(1) == b"\n":
-                return
-            f.seek(max(0, size - (1 << 20)))
-            tail = f.read()
-            cut = size - len(tail) + tail.rfind(b"\n") + 1 if b"\n" in tail else 0
-            f.truncate(cut)
-            f.flush()
-            os.fsync(f.fileno())
+        """One fsynced line (a torn last line is cut first); called with the lock held."""
+        append_json_line(self.path, record)

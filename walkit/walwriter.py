@@ -29,6 +29,7 @@ not read the file back, plus one segment being compressed.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import struct
@@ -69,6 +70,25 @@ MISSING_ADVICE = (
     "nothing was written. Put the file back, or move every segment after the gap out of the WAL folder "
     "(keep them) and restart capture, which resumes after the last segment before the gap"
 )
+
+
+def append_json_line(path: Path, record: dict[str, Any]) -> None:
+    """Append one JSON line and fsync it (and the folder when the file is new).
+
+    A torn last line (a crash while appending) is cut off first, so the log stays
+    readable; only call with the log's lock held.
+    """
+    new = not path.exists()
+    with path.open("a+b") as f:
+        end = f.seek(0, os.SEEK_END)
+        if end and os.pread(f.fileno(), 1, end - 1) != b"\n":
+            f.seek(0)
+            f.truncate(f.read().rfind(b"\n") + 1)
+        f.write(json.dumps(record, default=str).encode() + b"\n")
+        f.flush()
+        os.fsync(f.fileno())
+    if new:
+        fsync_dir(path.parent)
 
 
 def fsync_dir(path: Path) -> None:

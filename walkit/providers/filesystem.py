@@ -291,25 +291,6 @@ def _write_atomic(path: Path, fill: Callable[[BinaryIO], Any]) -> Any:
     return result
 
 
-def _append_line(path: Path, record: dict[str, Any]) -> None:
-    """Append one JSON line and fsync it (and the folder when the file is new).
-
-    A torn last line (a crash while appending) is cut off first, so the log stays
-    readable; only call with the log's lock held.
-    """
-    new = not path.exists()
-    with path.open("a+b") as f:
-        end = f.seek(0, os.SEEK_END)
-        if end and os.pread(f.fileno(), 1, end - 1) != b"\n":
-            f.seek(0)
-            f.truncate(f.read().rfind(b"\n") + 1)
-        f.write(json.dumps(record, default=str).encode() + b"\n")
-        f.flush()
-        os.fsync(f.fileno())
-    if new:
-        fsync_dir(path.parent)
-
-
 def _read_lines(path: Path) -> list[dict[str, Any]]:
     """The JSON lines of ``path``; a torn last line (a crash while appending) is ignored."""
     try:

@@ -36,10 +36,10 @@ from typing import Any, BinaryIO
 
 from ..clock import Clock, SystemClock
 from ..errors import ConfigError, ProviderError, ProviderUnavailableError, RateLimitError, StorageLimitError, WalkitError
+from ..walwriter import append_json_line
 from .base import ExternalBackupProvider, Limits, StoredBackup, UploadData
 from .filesystem import (
     _alias,
-    _append_line,
     _copy,
     _exclusive,
     _find,
@@ -358,7 +358,7 @@ class MockExternalBackupProvider(ExternalBackupProvider):
         if self.state_dir is None:
             self._mem_calls.append(record)
         else:
-            _append_line(self.state_dir / "calls.jsonl", record)
+            append_json_line(self.state_dir / "calls.jsonl", record)
 
     def _call_log(self) -> list[dict[str, Any]]:
         """The calls, oldest first: ``{"n", "at" (datetime), "outcome" (None: no result), "ref", "size"}``."""

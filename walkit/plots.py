@@ -54,7 +54,6 @@ _DISASTERS = {
     "_db_lost": "database lost, local disk intact",
     "_site_lost": "whole site lost: only the off-site service is left",
 }
-_WALKIT_COLOURS = {"walkit_db_lost": "#1565c0", "walkit_site_lost": "#1565c0"}
 _BASELINE_COLOURS = ["#6d4c41", "#8e24aa", "#f9a825", "#00838f"]
 
 
@@ -159,7 +158,7 @@ def _styles(columns: Sequence[str]) -> dict[str, dict[str, Any]]:
     spare = iter(_BASELINE_COLOURS * 4)
     for c in columns:
         if c.startswith("walkit"):
-            styles[c] = {"color": _WALKIT_COLOURS.get(c, "#1565c0"), "linestyle": "-", "linewidth": 2.2}
+            styles[c] = {"color": "#1565c0", "linestyle": "-", "linewidth": 2.2}
         else:
             styles[c] = {"color": next(spare), "linestyle": "--", "linewidth": 1.2}
     return styles

@@ -75,7 +75,7 @@ def prune(
     calls = uploaded_calls(ledger, provider)
     uploaded, _ = position_after(calls)
     uploaded_to = max((datetime.fromisoformat(c.what["last_wall"]) for c in calls if c.what.get("last_wall")), default=None)
-    offsite_snaps = sorted(datetime.fromisoformat(c.what["snapshot"]["end_wall"]) for c in calls if c.what.get("snapshot"))
+    first_offsite = min((datetime.fromisoformat(c.what["snapshot"]["end_wall"]) for c in calls if c.what.get("snapshot")), default=None)
 
     snaps = list_snapshots(home)
     base = max((s for s in snaps if s.end_wall <= wal_cut), key=lambda s: s.end, default=None)
@@ -83,9 +83,9 @@ def prune(
     def offsite(s: SnapshotInfo) -> bool:
         """Its instant is restorable off-site, or never will be (it is older than the first
         snapshot off-site: the off-site chain starts there, so keeping it protects nothing)."""
-        if not offsite_snaps:
+        if first_offsite is None:
             return False
-        return s.end_wall < offsite_snaps[0] or (uploaded_to is not None and s.end_wall <= uploaded_to)
+        return s.end_wall < first_offsite or (uploaded_to is not None and s.end_wall <= uploaded_to)
 
     keep: list[SnapshotInfo] = []
     for s in snaps:

@@ -364,7 +364,8 @@ def _attempt(home: Any, mock: Any, ledger: Any, policy: Any, uri: str, clock: An
         return row
     except ProviderError as exc:
         row["error"] = str(exc)
-        call = ledger.calls()[-1] if ledger.calls() else None
+        calls = ledger.calls()
+        call = calls[-1] if calls else None
         meta = call.what if call is not None else {}
         row.update(bytes=int(meta.get("size") or 0), index=meta.get("index"), snapshot=bool(meta.get("snapshot")))
         return row

@@ -31,7 +31,6 @@ class Workload:
     def __init__(self, rng: random.Random, keyspace: int) -> None:
         self.rng, self.keyspace = rng, keyspace
         self.live: dict[str, list[int]] = {"orders": [], "customers": []}
-        self.index: dict[str, dict[int, int]] = {"orders": {}, "customers": {}}
         self.free: dict[str, list[int]] = {c: list(range(keyspace)) for c in self.live}
         self.freed: dict[str, list[int]] = {c: [] for c in self.live}  # deleted in this batch: reusable after it
 
@@ -41,17 +40,14 @@ class Workload:
             keys.clear()
 
     def _take_live(self, coll: str) -> int:
-        live, index = self.live[coll], self.index[coll]
+        live = self.live[coll]
         pos = self.rng.randrange(len(live))
         key = live[pos]
-        live[pos] = live[-1]
-        index[live[pos]] = pos
+        live[pos] = live[-1]  # swap-remove: O(1), the same draws
         live.pop()
-        del index[key]
         return key
 
     def _add_live(self, coll: str, key: int) -> None:
-        self.index[coll][key] = len(self.live[coll])
         self.live[coll].append(key)
 
     def next(self) -> tuple[str, str, int, dict[str, Any]]:

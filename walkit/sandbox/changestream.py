@@ -38,7 +38,7 @@ from mongomock_ng.aggregate import process_pipeline
 from .engine import SYSTEM_DBS, Ctx, Engine
 from .errors import CommandError
 from .oplog import KIND_EVENT, KIND_HIGH_WATER, KIND_INVALIDATE, MAX_INDEX, Entry, Position, decode_token
-from .wire import CODEC, MAX_BSON_SIZE
+from .wire import CODEC, MAX_BSON_SIZE, RAW_CODEC
 
 FULL_DOCUMENT = ("default", "updateLookup", "whenAvailable", "required")
 BEFORE_CHANGE = ("off", "whenAvailable", "required")
@@ -49,7 +49,6 @@ OPTIONS = {
 }
 DEFAULT_AWAIT_MS = 1000
 READ_CHUNK = 1000
-RAW_CODEC = CODEC.with_options(document_class=RawBSONDocument)
 
 
 @dataclass

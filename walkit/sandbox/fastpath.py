@@ -51,11 +51,10 @@ from bson.timestamp import Timestamp
 from mongomock_ng.helpers import patch_datetime_awareness_in_document
 
 from . import storage
-from .wire import CODEC
+from .wire import CODEC, RAW_CODEC
 
 __all__ = ["apply_update", "insert", "scan"]
 
-_RAW = CODEC.with_options(document_class=RawBSONDocument)
 
 FAST_OPERATORS = frozenset({"$set", "$unset", "$inc", "$mul"})
 #: Immutable values stored as they are (a Python int only within int64: see :func:`_copy`).
@@ -245,7 +244,7 @@ def scan(coll: Any) -> list[RawBSONDocument]:
     sort, skip or limit) returns them: its results are fixed when the first batch is taken."""
     store = coll._store
     store._remove_expired_documents()
-    return [RawBSONDocument(bson.encode(doc, codec_options=CODEC), _RAW) for doc in list(store._documents.values())]
+    return [RawBSONDocument(bson.encode(doc, codec_options=CODEC), RAW_CODEC) for doc in store._documents.values()]
 
 
 def insert(coll: Any, doc: dict[str, Any]) -> bool:

@@ -22,6 +22,7 @@ from typing import Any
 
 import bson
 from bson.codec_options import CodecOptions, DatetimeConversion
+from bson.raw_bson import RawBSONDocument
 
 OP_REPLY = 1
 OP_QUERY = 2004
@@ -39,6 +40,8 @@ FLAG_EXHAUST_ALLOWED = 1 << 16
 #: ``DatetimeMS``; every other type maps to the bson class that re-encodes it
 #: to the same bytes.
 CODEC = CodecOptions(datetime_conversion=DatetimeConversion.DATETIME_AUTO)
+#: The same, decoding into RawBSONDocument (bytes kept as they are).
+RAW_CODEC = CODEC.with_options(document_class=RawBSONDocument)
 
 _HEADER = struct.Struct("<iiii")
 

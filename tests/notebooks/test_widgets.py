@@ -268,7 +268,7 @@ def test_the_view_builds_and_the_slider_moves_the_preview(story: Story, explorer
     html = controller.preview_html.value
     assert all(f"<td>{k}</td>" in html for k in story.deleted) and "walkit-removed" in html
     assert "▲ at or before" in controller.events_html.value and "deleted" in controller.events_html.value
-    # ▶: just after the next event (the mistake); ◀ twice: back before it
+    # ▶: just after the next event (the mistake); ◀: back just before it
     assert controller.step_event(+1) == story.mistake_at
     controller.step_event(-1)
     assert controller.instant == story.mistake_at - timedelta(milliseconds=1)

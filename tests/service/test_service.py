@@ -12,7 +12,7 @@ import pymongo
 import pytest
 
 from tests.service.conftest import wait_for
-from walkit import read_records
+from walkit import list_snapshots, read_records
 from walkit.errors import ServerError, WALLockedError
 from walkit.service import BackupService, create_backup_service
 
@@ -141,6 +141,12 @@ def test_retention_prunes_old_snapshots_after_the_daily_call(make_worker: Any, s
     assert provider.upload_calls >= 3
     assert service.live()["snapshots_taken"] >= 12
     assert len(snaps) < service.live()["snapshots_taken"], "retention removed old snapshots"
+    last_call = _spent(service)[-1].at
+    pruned_at = datetime.fromisoformat(service.live()["last_prune_at"])
+    assert pruned_at >= last_call, "retention ran after the day's call"
+    # of the snapshots older than the retention window at that prune, only the WAL window's base stays
+    old = [s.id for s in list_snapshots(service.home) if s.end_wall < pruned_at - timedelta(days=1)]
+    assert len(old) <= 1, old
 
 
 def test_stop_flushes_every_write_made_before_it(make_worker: Any, sim: Any) -> None:

@@ -9,7 +9,6 @@ returns an :class:`Api` with an httpx client.  ``calls`` counts how often the ac
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ import httpx
 import pymongo
 import pytest
 
+from tests.helpers import unique
 from walkit.api import ApiContext, ApiServer
 from walkit.home import Home
 from walkit.providers.mock import MockExternalBackupProvider
@@ -34,7 +34,7 @@ DOCS = 25
 @pytest.fixture(scope="session")
 def shop(mongo_uri: str) -> Iterator[str]:
     """A database of the session's server holding DOCS documents (dropped afterwards)."""
-    name = f"api_{uuid.uuid4().hex[:10]}"
+    name = unique("api")
     client: pymongo.MongoClient = pymongo.MongoClient(mongo_uri, serverSelectionTimeoutMS=10_000)
     client[name].orders.insert_many([{"_id": i, "total": i * 1.5} for i in range(DOCS)])
     yield name

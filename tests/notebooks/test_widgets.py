@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -16,7 +15,7 @@ import pandas as pd
 import pymongo
 import pytest
 
-from tests.helpers import capturing
+from tests.helpers import capturing, unique
 from walkit import Home, RestoreError, SnapshotInfo, Target, WalkitError, restore, take_snapshot
 from walkit.widgets import DIFF_COLUMNS, EVENT_COLUMNS, Explorer, ExplorerController, explorer_view
 
@@ -44,7 +43,7 @@ class Story:
 
 @pytest.fixture(scope="module")
 def story(mongo_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Story]:
-    name = f"explorer_{uuid.uuid4().hex[:8]}"
+    name = unique("explorer")
     home = Home(tmp_path_factory.mktemp("explorer") / "home")
     client: pymongo.MongoClient = pymongo.MongoClient(mongo_uri)
     db = client[name]

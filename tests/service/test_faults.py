@@ -38,7 +38,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -50,6 +49,7 @@ import pymongo
 import pytest
 from pymongo import errors as pm
 
+from tests.helpers import unique
 from walkit.bundle import unpack_bundle
 from walkit.clock import SimulatedClock
 from walkit.errors import WALCorruptError
@@ -370,7 +370,7 @@ def finish_and_stop(worker: Worker, writer: Writer, home: Path, db: str, before:
 
 
 def unique_db() -> str:
-    return f"wf_{uuid.uuid4().hex[:10]}"
+    return unique("wf")
 
 
 # -- 1. kill -9 while capturing --------------------------------------------------------------------

@@ -48,7 +48,7 @@ from .providers import (
     make_provider,
 )
 from .quota import QuotaLedger
-from .restore import RestoreResult, restore, state_at
+from .restore import RestoreResult, metadata_at, restore, state_at
 from .retention import PruneReport, prune
 from .service import BackupService, create_backup_service
 from .snapshot import SnapshotInfo, list_snapshots, take_snapshot
@@ -96,6 +96,7 @@ __all__ = [
     "plan_restore",
     "restore",
     "state_at",
+    "metadata_at",
     "RestoreResult",
     "QuotaLedger",
     "BundleError",

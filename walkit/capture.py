@@ -9,6 +9,11 @@ checkpoint), so nothing is lost or doubled across ``kill -9``.
 - Post-images are asked for with ``fullDocument: whenAvailable`` on servers
   that have them (6.0+); ``updateLookup`` is never used, as its image is of
   lookup time, not event time.  The ``updateDescription`` is always kept.
+- Schema changes: on 6.0+ the stream is opened with ``showExpandedEvents``,
+  so ``create`` (with the collection's options), ``createIndexes``,
+  ``dropIndexes`` and ``modify`` are in the WAL, in order, and every event
+  carries ``collectionUUID``.  An older server has none: capture says so
+  once, and restores take indexes and options from the snapshots.
 - History lost (error 286, or a resume token the server no longer accepts):
   a **gap marker** is written, a clear warning is logged, and capture goes
   on from a new stream.  Restores must never cross a gap silently.
@@ -141,6 +146,7 @@ class ChangeCapture:
         self.on_ready: Callable[[ChangeCapture], None] | None = None
         self._pending: deque[tuple[int, Any]] = deque()  # (seq, wallTime) written, not yet fsynced
         self._pending_lock = threading.Lock()
+        self._said_no_ddl = False  # the "no expanded events" warning is given once
 
     # -- public ----------------------------------------------------------------------
     @property
@@ -210,6 +216,13 @@ class ChangeCapture:
         kwargs: dict[str, Any] = {"max_await_time_ms": max(50, int(self.fsync_interval * 1000))}
         if wire >= POST_IMAGE_WIRE:
             kwargs["full_document"] = "whenAvailable"
+            kwargs["show_expanded_events"] = True  # create, createIndexes, dropIndexes, modify; collectionUUID
+        elif not self._said_no_ddl:
+            self._said_no_ddl = True
+            log.warning(
+                "this server (before MongoDB 6.0) reports no schema changes in change streams: indexes and collection options "
+                "changed after a snapshot are not in the WAL, and restores take them from the snapshots; upgrade to 6.0+ for exact ones"
+            )
         token = None if fresh else self.writer.last_token
         start_at = None if fresh or token is not None else self.writer.last_ct
         snapshot_start = None

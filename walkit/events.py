@@ -45,6 +45,7 @@ class ChangeEvent:
     full_document: Any = None
     update_description: Any = None
     to: Any = None
+    operation_description: Any = None  # DDL events (create, createIndexes, dropIndexes, modify) under showExpandedEvents
     txn_number: int | None = None
     token: Any = None
     reason: str | None = None
@@ -71,6 +72,7 @@ class ChangeEvent:
             full_document=ev.get("fullDocument"),
             update_description=ev.get("updateDescription"),
             to=ev.get("to"),
+            operation_description=ev.get("operationDescription"),
             txn_number=int(txn) if txn is not None else None,
             token=rec.get("tok"),
             raw=ev,
@@ -92,6 +94,7 @@ class ChangeEvent:
             ("fullDocument", self.full_document),
             ("updateDescription", self.update_description),
             ("to", self.to),
+            ("operationDescription", self.operation_description),
         ):
             if value is not None:
                 out[key] = _plain(value)
@@ -119,6 +122,8 @@ class ChangeEvent:
             parts.append(f"doc={json_util.dumps(_plain(self.full_document))}")
         if self.to is not None:
             parts.append(f"to={self.to.get('db')}.{self.to.get('coll')}")
+        elif self.operation_description is not None:
+            parts.append(f"ddl={json_util.dumps(_plain(self.operation_description))}")
         if self.txn_number is not None:
             parts.append(f"txn={self.txn_number}")
         return "  ".join(parts)

@@ -28,16 +28,23 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import bson
+from bson import json_util
 from bson.codec_options import CodecOptions, DatetimeConversion
 from bson.raw_bson import RawBSONDocument
 from pymongo import DeleteOne, ReplaceOne, UpdateOne
 from pymongo import errors as pm
+
+from .catalog import Catalog, is_ddl
+from .errors import RestoreError
+from .mongo import describe_error
 
 __all__ = ["MemoryState", "MongoTarget", "apply_update_description", "namespace_of"]
 
 #: Documents decoded for changing them: plain dicts, every BSON type kept (re-encodes to the same bytes).
 DOC = CodecOptions(tz_aware=True, datetime_conversion=DatetimeConversion.DATETIME_AUTO)
 Namespace = tuple[str, str]
+#: Documents up to this size stay decoded once updated (cheap repeated updates); larger ones go back to BSON.
+KEEP_DECODED = 64 << 10
 
 
 def namespace_of(event: dict[str, Any]) -> Namespace | None:
@@ -122,27 +129,37 @@ def apply_update_description(doc: dict[str, Any], desc: dict[str, Any]) -> None:
 
 
 class MemoryState:
-    """Collections held in memory: ``{(db, coll): {_id bytes: document}}``.
+    """Collections held in memory: ``{(db, coll): {_id bytes: document}}``, plus their
+    metadata (:class:`walkit.catalog.Catalog`: options, indexes, UUID).
 
-    Documents stay BSON bytes until an update needs them decoded.  For the
-    dump folder, pandas, and tests; memory grows with the data restored.
+    Documents stay BSON bytes until an update needs them decoded; documents of
+    any size up to 16 MiB are kept as their own ``bytes`` (never a view into a
+    WAL record).  For the dump folder, pandas, and tests; memory grows with the
+    data restored.
     """
 
-    def __init__(self, settled: Any = None) -> None:
+    def __init__(self, settled: Any = None, catalog: Catalog | None = None) -> None:
         self.collections: dict[Namespace, dict[bytes, bytes | dict[str, Any]]] = {}
         #: The snapshot's end: events after it are known not to be in the loaded documents.
         self.settled = settled
+        self.catalog = catalog if catalog is not None else Catalog()
 
-    def load(self, ns: Namespace, docs: Iterable[RawBSONDocument]) -> None:
+    def load(self, ns: Namespace, docs: Iterable[RawBSONDocument], metadata: dict[str, Any] | None = None) -> None:
         coll = self.collections.setdefault(ns, {})
+        if metadata is not None:
+            self.catalog.load(ns, metadata)
         for doc in docs:
-            coll[_id_key(doc["_id"])] = doc.raw
+            coll[_id_key(doc["_id"])] = bytes(doc.raw)
 
     def apply(self, event: RawBSONDocument, ns: Namespace | None = None) -> None:
         op = event["operationType"]
         ns = ns or namespace_of(event)
         if ns is None:
             return
+        if op == "rename" and ns not in self.collections and not _after(event, self.settled):
+            pass  # inside the snapshot's scan: already in the loaded documents and metadata
+        else:
+            self.catalog.apply(event, ns)
         if op in ("insert", "replace", "update", "delete"):
             key = _id_key(event["documentKey"]["_id"])
             coll = self.collections.setdefault(ns, {})
@@ -150,13 +167,17 @@ class MemoryState:
             if op == "delete":
                 coll.pop(key, None)
             elif full is not None:
-                coll[key] = full.raw
+                coll[key] = bytes(full.raw)  # a copy: the raw of a large nested document is a view
             elif op == "update" and key in coll:
                 doc = coll[key]
-                if isinstance(doc, bytes):
+                size = 0 if isinstance(doc, dict) else len(doc)
+                if not isinstance(doc, dict):
                     doc = bson.decode(doc, DOC)
-                apply_update_description(doc, bson.decode(event["updateDescription"].raw, DOC))
-                coll[key] = doc
+                apply_update_description(doc, bson.decode(bytes(event["updateDescription"].raw), DOC))
+                # a large document goes back to BSON: as Python objects it takes several times its size
+                coll[key] = bson.encode(doc, codec_options=DOC) if size > KEEP_DECODED else doc
+        elif is_ddl(op):
+            self.collections.setdefault(ns, {})
         elif op == "drop":
             self.collections.pop(ns, None)
         elif op == "rename":
@@ -177,39 +198,74 @@ class MemoryState:
             doc = coll[key]
             yield doc if isinstance(doc, bytes) else bson.encode(doc, codec_options=DOC)
 
+    def metadata(self, ns: Namespace) -> dict[str, Any]:
+        """The collection's mongodump ``metadata.json`` at the replayed instant."""
+        return self.catalog.get(ns).as_metadata(ns[1])
+
 
 class MongoTarget:
     """Replay one source database into collections ``prefix + name`` of a MongoDB
-    database, in batched ordered ``bulk_write`` calls.
+    database, in batched ordered ``bulk_write`` calls, as mongorestore does:
+    each collection is created with its options before its first document,
+    documents are written with document validation bypassed (the source
+    validated them), and :meth:`finish` applies later option changes
+    (collMod) and builds the indexes after the data.
 
     ``wanted`` limits it to some collections (None: all).  The restore writes
-    into such temporary collections and renames them at the end.
+    into such temporary collections and renames them at the end.  An option
+    or index the target refuses is a RestoreError naming the collection and
+    what was refused.
     """
 
-    def __init__(self, db: Any, source_db: str, prefix: str, wanted: set[str] | None = None, batch: int = 1000, settled: Any = None) -> None:
+    def __init__(
+        self, db: Any, source_db: str, prefix: str, wanted: set[str] | None = None, batch: int = 1000,
+        settled: Any = None, catalog: Catalog | None = None,
+    ) -> None:
         self.db, self.source_db, self.prefix, self.wanted, self.batch = db, source_db, prefix, wanted, batch
         self.settled = settled  # the snapshot's end (see MemoryState)
+        self.catalog = catalog if catalog is not None else Catalog()
         self.pending: list[tuple[str, Any]] = []
         self.skipped = 0
+        #: The temporary collections made so far, with the options each was created with.
+        self.made: dict[str, dict[str, Any]] = {}
 
     def name(self, ns: Namespace | None) -> str | None:
         if ns is None or ns[0] != self.source_db or (self.wanted is not None and ns[1] not in self.wanted):
             return None
         return self.prefix + ns[1]
 
-    def load(self, ns: Namespace, docs: Iterable[RawBSONDocument]) -> None:
+    def load(self, ns: Namespace, docs: Iterable[RawBSONDocument], metadata: dict[str, Any] | None = None) -> None:
         name = self.name(ns)
         if name is None:
             return
+        if metadata is not None:
+            self.catalog.load(ns, metadata)
+        self._make(name, ns)
         coll = self.db[name]
         chunk: list[RawBSONDocument] = []
         for doc in docs:
             chunk.append(doc)
             if len(chunk) >= self.batch:
-                coll.insert_many(chunk, ordered=False)
+                coll.insert_many(chunk, ordered=False, bypass_document_validation=True)
                 chunk = []
         if chunk:
-            coll.insert_many(chunk, ordered=False)
+            coll.insert_many(chunk, ordered=False, bypass_document_validation=True)
+
+    def _make(self, name: str, ns: Namespace) -> None:
+        """Create the collection with its options (as the catalog has them now) if not made yet."""
+        if name in self.made:
+            return
+        options = self.catalog.get(ns).options
+        try:
+            self.db.create_collection(name, check_exists=False, **options)
+        except pm.OperationFailure as exc:
+            if exc.code != 48:  # NamespaceExists: made by an earlier write
+                what = ", ".join(sorted(options)) or "no options"
+                raise RestoreError(
+                    f"the target refused to create collection {ns[1]!r} with its options ({what}): {describe_error(exc) or exc}; "
+                    "restore into a server that supports them (or --to-dump); nothing was left behind"
+                ) from None
+        self.made[name] = dict(options)
 
     def apply(self, event: RawBSONDocument) -> None:
         op = event["operationType"]
@@ -219,6 +275,8 @@ class MongoTarget:
             for coll in self.db.list_collection_names():
                 if coll.startswith(self.prefix):
                     self.db.drop_collection(coll)
+            self.made.clear()
+            self.catalog.apply(event, ns)
             return
         name = self.name(ns)
         if op == "rename":
@@ -227,20 +285,30 @@ class MongoTarget:
             if name is None and target is None:
                 return
             self.flush()
-            if name is not None and name in self.db.list_collection_names():
+            if name is not None and name in self.made:
+                self.catalog.apply(event, ns)
+                options = self.made.pop(name)
                 if target is not None:
                     self.db[name].rename(target, dropTarget=True)
+                    self.made[target] = options
                 else:
                     self.db.drop_collection(name)  # renamed out of what is restored
             elif target is not None and _after(event, self.settled):
+                self.catalog.apply(event, ns)
                 self.db.drop_collection(target)  # an empty (or unrestored) source replaces it
+                self.made.pop(target, None)
             return
-        if name is None:
+        if name is None or ns is None:
             return
+        self.catalog.apply(event, ns)
         if op == "drop":
             self.flush()
             self.db.drop_collection(name)
+            self.made.pop(name, None)
+        elif is_ddl(op):
+            self._make(name, ns)  # options now; indexes are built by finish(), after the data
         elif op in ("insert", "replace", "update", "delete"):
+            self._make(name, ns)
             doc_id = event["documentKey"]["_id"]
             full = event.get("fullDocument")
             if op == "delete":
@@ -248,7 +316,7 @@ class MongoTarget:
             elif full is not None:
                 self._add(name, ReplaceOne({"_id": doc_id}, full, upsert=True))
             elif op == "update":
-                for update in _update_ops(bson.decode(event["updateDescription"].raw, DOC)):
+                for update in _update_ops(bson.decode(bytes(event["updateDescription"].raw), DOC)):
                     self._add(name, UpdateOne({"_id": doc_id}, update))
 
     def _add(self, name: str, op: Any) -> None:
@@ -268,13 +336,62 @@ class MongoTarget:
             ops = [op for _, op in pending[start:end]]
             while ops:
                 try:
-                    self.db[name].bulk_write(ops, ordered=True)
+                    self.db[name].bulk_write(ops, ordered=True, bypass_document_validation=True)
                     break
                 except pm.BulkWriteError as exc:
                     failed = exc.details["writeErrors"][0]["index"]
                     self.skipped += 1  # a path that no longer fits: a later change sets it
                     ops = ops[failed + 1 :]
             start = end
+
+    def finish(self) -> list[str]:
+        """Flush, bring each collection's options to the catalog's (collMod), build its
+        indexes; the temporary collections made, by name."""
+        self.flush()
+        for name, created in self.made.items():
+            ns = (self.source_db, name[len(self.prefix) :])
+            meta = self.catalog.get(ns)
+            changes = _collmod(created, meta.options)
+            if changes:
+                try:
+                    self.db.command("collMod", name, **changes)
+                except pm.OperationFailure as exc:
+                    raise RestoreError(
+                        f"the target refused collection {ns[1]!r}'s options ({', '.join(sorted(changes))}): {describe_error(exc) or exc}; "
+                        "restore into a server that supports them (or --to-dump); nothing was left behind"
+                    ) from None
+            for spec in meta.indexes.values():
+                if spec.get("name") == "_id_":
+                    continue
+                try:
+                    self.db.command("createIndexes", name, indexes=[{k: v for k, v in spec.items() if k != "ns"}])
+                except pm.OperationFailure as exc:
+                    raise RestoreError(
+                        f"the target refused index {spec.get('name')!r} of collection {ns[1]!r} ({json_util.dumps(spec.get('key'))}): "
+                        f"{describe_error(exc) or exc}; restore into a server that supports it (or --to-dump); nothing was left behind"
+                    ) from None
+        return list(self.made)
+
+
+#: Options collMod can change, and how it names them.
+_MODIFIABLE = {
+    "validator": ("validator", {}), "validationLevel": ("validationLevel", "strict"), "validationAction": ("validationAction", "error"),
+    "changeStreamPreAndPostImages": ("changeStreamPreAndPostImages", {"enabled": False}), "expireAfterSeconds": ("expireAfterSeconds", "off"),
+    "size": ("cappedSize", None), "max": ("cappedMax", None),
+}
+
+
+def _collmod(created: dict[str, Any], final: dict[str, Any]) -> dict[str, Any]:
+    """The collMod fields that take a collection created with ``created`` to ``final``."""
+    changes: dict[str, Any] = {}
+    for option, (field_name, unset) in _MODIFIABLE.items():
+        if created.get(option) == final.get(option):
+            continue
+        if option in final:
+            changes[field_name] = final[option]
+        elif unset is not None:
+            changes[field_name] = unset
+    return changes
 
 
 def _after(event: RawBSONDocument, settled: Any) -> bool:

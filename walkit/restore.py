@@ -40,7 +40,9 @@ from bson.json_util import CANONICAL_JSON_OPTIONS
 from bson.timestamp import Timestamp
 from pymongo import errors as pm
 
+from .catalog import Catalog
 from .clock import Clock, SystemClock, as_utc
+from .dumpnames import dump_stem
 from .errors import RestoreError, WalkitError
 from .home import Home
 from .mongo import connect, describe_error
@@ -49,7 +51,7 @@ from .replay import DOC, MemoryState, MongoTarget, namespace_of
 from .snapshot import SnapshotInfo, iter_documents, list_snapshots, read_metadata
 from .wal import read_records
 
-__all__ = ["restore", "prepare_restore", "state_at", "RestoreResult", "scan_wal"]
+__all__ = ["restore", "prepare_restore", "state_at", "metadata_at", "RestoreResult", "scan_wal"]
 
 TEMP = "__walkit_restore."
 
@@ -63,6 +65,8 @@ class RestoreResult:
     documents: dict[str, int] = field(default_factory=dict)  # "db.coll" -> documents restored
     destination: str = ""
     frames: dict[str, Any] | None = None  # pandas DataFrames, when asked for
+    #: mongodump metadata (options, indexes, uuid) of every collection restored, for the in-memory restores
+    metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
     skipped: int = 0  # update paths that no longer fitted (fuzzy-scan overlap)
     offsite: Any = None  # the OffsitePlan, for a restore from the external service
 
@@ -276,15 +280,15 @@ def restore(
     if destinations != 1 and not dry_run:
         raise WalkitError("name exactly one destination: to_uri + to_db, to_dump, or as_dataframes")
     visible = progress if progress is not None else sys.stderr.isatty()
-    plan, _, _ = prepare_restore(home, target, collections, clock, database, count_events=dry_run or visible)
+    plan, snapshots, _ = prepare_restore(home, target, collections, clock, database, count_events=dry_run or visible)
     result = RestoreResult(plan)
     if dry_run:
         return result
     if to_uri or to_db:
         if not (to_uri and to_db):
             raise WalkitError("a restore into MongoDB needs both to_uri and to_db")
-        return _into_mongo(home, plan, result, to_uri, to_db, plan.database, drop, progress)
-    state = _replay_in_memory(home, plan, result, plan.database, progress)
+        return _into_mongo(home, plan, snapshots, result, to_uri, to_db, plan.database, drop, progress)
+    state = _replay_in_memory(home, plan, snapshots, result, plan.database, progress)
     if to_dump is not None:
         _write_dump(state, plan, Path(to_dump), plan.database, result)
     else:
@@ -293,10 +297,23 @@ def restore(
 
 
 def state_at(home: Home, target: Target, *, database: str | None = None, collections: Sequence[str] | None = None, clock: Clock | None = None) -> dict[str, list[bytes]]:
-    """Time travel without a database: ``{"db.coll": [document BSON, ...]}`` (in ``_id`` byte order) at ``target``."""
-    plan, _, _ = prepare_restore(home, target, collections, clock, database, count_events=False)
-    state = _replay_in_memory(home, plan, RestoreResult(plan), plan.database, False)
+    """Time travel without a database: ``{"db.coll": [document BSON, ...]}`` (in ``_id`` byte order) at ``target``.
+    Every collection that existed then is listed, empty ones too."""
+    state = _state(home, target, database, collections, clock)
     return {f"{ns[0]}.{ns[1]}": list(state.documents(ns)) for ns in sorted(state.collections)}
+
+
+def metadata_at(home: Home, target: Target, *, database: str | None = None, collections: Sequence[str] | None = None, clock: Clock | None = None) -> dict[str, dict[str, Any]]:
+    """Every collection's metadata at ``target`` as mongodump writes it (``options``, ``indexes``,
+    ``uuid``, ``collectionName``, ``type``): ``{"db.coll": metadata}``.  Exact when the WAL holds
+    expanded events (MongoDB 6.0+); otherwise as the snapshots had it."""
+    state = _state(home, target, database, collections, clock)
+    return {f"{ns[0]}.{ns[1]}": state.metadata(ns) for ns in sorted(state.collections)}
+
+
+def _state(home: Home, target: Target, database: str | None, collections: Sequence[str] | None, clock: Clock | None) -> MemoryState:
+    plan, snapshots, _ = prepare_restore(home, target, collections, clock, database, count_events=False)
+    return _replay_in_memory(home, plan, snapshots, RestoreResult(plan), plan.database, False)
 
 
 def _bar(total: int | None, desc: str, progress: bool | None) -> Any:
@@ -305,10 +322,29 @@ def _bar(total: int | None, desc: str, progress: bool | None) -> Any:
     return tqdm(total=total, desc=desc, unit="ev", disable=(None if progress is None else not progress), leave=False)
 
 
-def _replay_in_memory(home: Home, plan: RestorePlan, result: RestoreResult, database: str | None, progress: bool | None) -> MemoryState:
-    state = MemoryState(settled=plan.snapshot.end)
+def _catalog(plan: RestorePlan, snapshots: list[SnapshotInfo]) -> Catalog:
+    """A catalog whose unknown collections (made after the snapshot, with no ``create`` event
+    in the WAL: a server without expanded events) take their metadata from the nearest later
+    snapshot holding them."""
+    later = [s for s in snapshots if s.end > plan.snapshot.end]
+
+    def fallback(ns: tuple[str, str]) -> dict[str, Any] | None:
+        for snap in later:
+            for entry in snap.collections:
+                if (entry.db, entry.name) == ns:
+                    with contextlib.suppress(WalkitError):
+                        return read_metadata(snap, entry)
+        return None
+
+    return Catalog(fallback)
+
+
+def _replay_in_memory(
+    home: Home, plan: RestorePlan, snapshots: list[SnapshotInfo], result: RestoreResult, database: str | None, progress: bool | None
+) -> MemoryState:
+    state = MemoryState(settled=plan.snapshot.end, catalog=_catalog(plan, snapshots))
     for entry in _entries(plan, database):
-        state.load((entry.db, entry.name), iter_documents(plan.snapshot, entry))
+        state.load((entry.db, entry.name), iter_documents(plan.snapshot, entry), read_metadata(plan.snapshot, entry))
     wanted = {(e.db, e.name) for e in _entries(plan, database)} if plan.collections else None
     bar = _bar(plan.events, "replay", progress)
     for rec in _events(home, plan):
@@ -327,16 +363,8 @@ def _replay_in_memory(home: Home, plan: RestorePlan, result: RestoreResult, data
                 del state.collections[ns]
     for ns, docs in state.collections.items():
         result.documents[f"{ns[0]}.{ns[1]}"] = len(docs)
+        result.metadata[f"{ns[0]}.{ns[1]}"] = state.metadata(ns)
     return state
-
-
-def _metadata(plan: RestorePlan, ns: tuple[str, str]) -> dict[str, Any]:
-    """The snapshot's metadata of ``ns`` (checked), or a plain one for a collection made after it."""
-    for entry in plan.snapshot.collections:
-        if (entry.db, entry.name) == ns:
-            meta = read_metadata(plan.snapshot, entry)
-            return dict(meta, collectionName=ns[1])
-    return {"indexes": [{"v": 2, "key": {"_id": 1}, "name": "_id_"}], "uuid": "", "collectionName": ns[1], "type": "collection", "options": {}}
 
 
 def _write_dump(state: MemoryState, plan: RestorePlan, folder: Path, database: str | None, result: RestoreResult) -> None:
@@ -346,13 +374,14 @@ def _write_dump(state: MemoryState, plan: RestorePlan, folder: Path, database: s
     try:
         for ns in sorted(state.collections):
             (tmp / ns[0]).mkdir(parents=True, exist_ok=True)
-            with (tmp / ns[0] / f"{ns[1]}.bson").open("wb", buffering=1 << 20) as out:
+            stem = dump_stem(ns[1])
+            with (tmp / ns[0] / f"{stem}.bson").open("wb", buffering=1 << 20) as out:
                 for raw in state.documents(ns):
                     out.write(raw)
                 out.flush()
                 os.fsync(out.fileno())
-            meta = json_util.dumps(_metadata(plan, ns), json_options=CANONICAL_JSON_OPTIONS)
-            (tmp / ns[0] / f"{ns[1]}.metadata.json").write_text(meta, encoding="utf-8")
+            meta = json_util.dumps(state.metadata(ns), json_options=CANONICAL_JSON_OPTIONS)
+            (tmp / ns[0] / f"{stem}.metadata.json").write_text(meta, encoding="utf-8")
         tmp.mkdir(parents=True, exist_ok=True)
         if folder.exists():
             folder.rmdir()
@@ -375,7 +404,7 @@ def _frames(state: MemoryState) -> dict[str, Any]:
     return frames
 
 
-def _into_mongo(home: Home, plan: RestorePlan, result: RestoreResult, uri: str, to_db: str, database: str | None, drop: bool, progress: bool | None) -> RestoreResult:
+def _into_mongo(home: Home, plan: RestorePlan, snapshots: list[SnapshotInfo], result: RestoreResult, uri: str, to_db: str, database: str | None, drop: bool, progress: bool | None) -> RestoreResult:
     dbs = sorted({e.db for e in plan.snapshot.collections} | ({plan.snapshot.database} if plan.snapshot.database else set()))
     if not dbs and database is None:  # an empty snapshot: the databases are the ones the WAL writes to
         dbs = sorted({ns[0] for rec in _events(home, plan) if (ns := namespace_of(rec.get("ev"))) is not None})
@@ -394,24 +423,19 @@ def _into_mongo(home: Home, plan: RestorePlan, result: RestoreResult, uri: str, 
             what = f"already has {', '.join(sorted(existing))}" if plan.collections else f"is not empty ({len(existing)} collections)"
             raise RestoreError(f"database {to_db!r} {what}; restore into a new one, or pass --drop to replace it")
         wanted = set(plan.collections) if plan.collections else None
-        target = MongoTarget(db, source, prefix, wanted, settled=plan.snapshot.end)
-        entries = _entries(plan, source)
-        for entry in entries:
-            db.create_collection(prefix + entry.name)
-            target.load((entry.db, entry.name), iter_documents(plan.snapshot, entry))
+        target = MongoTarget(db, source, prefix, wanted, settled=plan.snapshot.end, catalog=_catalog(plan, snapshots))
+        for entry in _entries(plan, source):  # options before the data, indexes after it (finish), as mongorestore does
+            target.load((entry.db, entry.name), iter_documents(plan.snapshot, entry), read_metadata(plan.snapshot, entry))
         bar = _bar(plan.events, "replay", progress)
         for rec in _events(home, plan):
             target.apply(rec.get("ev"))
             result.events += 1
             bar.update(1)
-        target.flush()
+        made = target.finish()
         bar.close()
         result.skipped = target.skipped
-        made = [c for c in db.list_collection_names() if c.startswith(prefix)]
         for name in made:
-            final = name[len(prefix) :]
-            _indexes(db, name, plan, (source, final))
-            result.documents[f"{to_db}.{final}"] = db[name].estimated_document_count()
+            result.documents[f"{to_db}.{name[len(prefix) :]}"] = db[name].estimated_document_count()
         if drop:
             for name in existing:
                 db.drop_collection(name)
@@ -433,12 +457,3 @@ def _into_mongo(home: Home, plan: RestorePlan, result: RestoreResult, uri: str, 
         raise RestoreError(f"restore into {to_db!r} failed and was undone (the database is as it was): {describe_error(exc) or exc}") from None
     finally:
         client.close()
-
-
-def _indexes(db: Any, name: str, plan: RestorePlan, ns: tuple[str, str]) -> None:
-    meta = _metadata(plan, ns)
-    for index in meta.get("indexes", []):
-        if index.get("name") == "_id_":
-            continue
-        options = {k: v for k, v in index.items() if k not in ("key", "v", "ns")}
-        db[name].create_index(list(index["key"].items()), **options)

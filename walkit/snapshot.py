@@ -30,6 +30,7 @@ import os
 import secrets
 import shutil
 import time
+import uuid as uuidlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -44,7 +45,9 @@ from bson.timestamp import Timestamp
 from pymongo import errors as pm
 
 from . import __version__
+from .catalog import clean_options
 from .clock import Clock, SystemClock
+from .dumpnames import dump_stem
 from .errors import SnapshotError, WalkitError
 from .home import Home
 from .mongo import connect, describe_error, require_replica_set
@@ -269,7 +272,8 @@ def _dump_collection(db: Any, info: dict[str, Any], folder: Path, session: Any, 
     """Stream one collection to ``<db>/<coll>.bson`` and write its metadata."""
     coll = db.get_collection(info["name"], codec_options=RAW)
     (folder / db.name).mkdir(exist_ok=True)
-    rel = f"{db.name}/{info['name']}.bson"
+    stem = dump_stem(info["name"])  # mongodump's file name: escaped, long names cut and hashed
+    rel = f"{db.name}/{stem}.bson"
     digest, count, size = hashlib.sha256(), 0, 0
     total = coll.estimated_document_count()
     bar = tqdm(total=total, unit="doc", desc=f"{db.name}.{info['name']}", disable=(None if progress is None else not progress), leave=False)
@@ -284,17 +288,17 @@ def _dump_collection(db: Any, info: dict[str, Any], folder: Path, session: Any, 
         out.flush()
         os.fsync(out.fileno())
     bar.close()
-    indexes = [dict(ix) for ix in db[info["name"]].list_indexes(session=session)]
+    indexes = [{k: v for k, v in dict(ix).items() if k != "ns"} for ix in db[info["name"]].list_indexes(session=session)]
     uuid = (info.get("info") or {}).get("uuid")
     meta = {
         "indexes": indexes,
-        "uuid": uuid.hex() if hasattr(uuid, "hex") and not isinstance(uuid, str) else (uuid or ""),
+        "uuid": bytes(uuid).hex() if isinstance(uuid, bytes) else (uuid or uuidlib.uuid4().hex),
         "collectionName": info["name"],
         "type": "collection",
-        "options": info.get("options") or {},
+        "options": clean_options(info.get("options")),
     }
     text = json_util.dumps(meta, json_options=CANONICAL_JSON_OPTIONS)
-    _write_json(folder / f"{db.name}/{info['name']}.metadata.json", text)
+    _write_json(folder / f"{db.name}/{stem}.metadata.json", text)
     return CollectionEntry(db.name, info["name"], rel, count, size, digest.hexdigest(), hashlib.sha256(text.encode()).hexdigest())
 
 

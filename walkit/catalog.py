@@ -189,8 +189,8 @@ def _modify(meta: CollectionMeta, desc: dict[str, Any]) -> None:
                     del spec["hidden"]  # MongoDB lists an unhidden index without the field
         elif key in _COLLMOD_OPTIONS:
             option = _COLLMOD_OPTIONS[key]
-            if key == "expireAfterSeconds" and value == "off":
-                meta.options.pop(option, None)
+            if (key == "expireAfterSeconds" and value == "off") or (key == "changeStreamPreAndPostImages" and not dict(value or {}).get("enabled")):
+                meta.options.pop(option, None)  # MongoDB lists neither once turned off
             else:
                 meta.options[option] = value
 

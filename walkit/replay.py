@@ -316,8 +316,21 @@ class MongoTarget:
             elif full is not None:
                 self._add(name, ReplaceOne({"_id": doc_id}, full, upsert=True))
             elif op == "update":
-                for update in _update_ops(bson.decode(bytes(event["updateDescription"].raw), DOC)):
-                    self._add(name, UpdateOne({"_id": doc_id}, update))
+                desc = bson.decode(bytes(event["updateDescription"].raw), DOC)
+                if _in_order(desc):
+                    for update in _update_ops(desc):
+                        self._add(name, UpdateOne({"_id": doc_id}, update))
+                else:  # $set would append new fields in name order, not the source's: change the document here
+                    self._rewrite(name, doc_id, desc)
+
+    def _rewrite(self, name: str, doc_id: Any, desc: dict[str, Any]) -> None:
+        """Apply an update description to the stored document in Python and replace it (exact field order)."""
+        self.flush()
+        doc = self.db.get_collection(name, codec_options=DOC).find_one({"_id": doc_id})
+        if doc is None:
+            return  # deleted later in the history (already in the snapshot): that delete is replayed too
+        apply_update_description(doc, desc)
+        self._add(name, ReplaceOne({"_id": doc_id}, doc))
 
     def _add(self, name: str, op: Any) -> None:
         self.pending.append((name, op))
@@ -397,6 +410,13 @@ def _collmod(created: dict[str, Any], final: dict[str, Any]) -> dict[str, Any]:
 def _after(event: RawBSONDocument, settled: Any) -> bool:
     """Whether the event is later than everything the loaded snapshot can hold."""
     return settled is None or event["clusterTime"] > settled
+
+
+def _in_order(desc: dict[str, Any]) -> bool:
+    """Whether ``$set`` gives the source's field order: MongoDB 5.0+ adds new fields in name order,
+    so an update whose paths are not in that order (a pipeline update's) is applied otherwise."""
+    paths = [p.encode() for p in desc.get("updatedFields") or {}]
+    return paths == sorted(paths) and not desc.get("disambiguatedPaths")
 
 
 def _update_ops(desc: dict[str, Any]) -> list[dict[str, Any]]:

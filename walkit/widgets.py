@@ -118,6 +118,11 @@ def _summary(ev: ChangeEvent, limit: int = 120) -> str:
     if ev.to is not None:
         to = _plain(ev.to)
         return f"to {to.get('db')}.{to.get('coll')}"
+    if ev.operation_description is not None:  # create, createIndexes, dropIndexes, modify
+        desc = _plain(ev.operation_description)
+        if ev.operation in ("createIndexes", "dropIndexes"):
+            return ", ".join(str(ix.get("name")) for ix in desc.get("indexes") or [])
+        return _json({k: v for k, v in desc.items() if k != "idIndex"}, limit)
     return ""
 
 

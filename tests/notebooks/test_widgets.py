@@ -309,3 +309,18 @@ def test_the_view_without_a_server_previews_but_does_not_restore(story: Story) -
     controller.set_instant(story.just_before)
     assert f"−{len(story.deleted)} removed" in _text(controller.preview_html.value)
     assert not controller.request_restore("anything")
+
+
+def test_schema_changes_read_as_what_they_did_in_the_events_table() -> None:
+    from walkit.events import ChangeEvent
+    from walkit.widgets import _summary
+
+    def ddl(op: str, desc: dict[str, Any]) -> ChangeEvent:
+        return ChangeEvent(seq=1, operation=op, cluster_time=None, wall_time=None, db="d", coll="c", operation_description=desc)
+
+    made = {"indexes": [{"v": 2, "key": {"a": 1}, "name": "a_1"}, {"v": 2, "key": {"b": -1}, "name": "b_-1"}]}
+    assert _summary(ddl("createIndexes", made)) == "a_1, b_-1"
+    assert _summary(ddl("dropIndexes", {"indexes": [{"name": "a_1"}]})) == "a_1"
+    created = _summary(ddl("create", {"capped": True, "size": 4096, "idIndex": {"name": "_id_"}}))
+    assert "capped" in created and "4096" in created and "idIndex" not in created
+    assert "moderate" in _summary(ddl("modify", {"validationLevel": "moderate"}))

@@ -63,13 +63,17 @@ __all__ = ["ChangeCapture", "CaptureStats"]
 RAW_CODEC = CodecOptions(document_class=RawBSONDocument, tz_aware=True, datetime_conversion=DatetimeConversion.DATETIME_AUTO)
 HISTORY_LOST = {286, 260, 280}  # lost, or a token this server cannot resume from
 POST_IMAGE_WIRE = 17  # MongoDB 6.0
+DOCUMENT_CHANGES = frozenset(("insert", "update", "replace", "delete"))
 
 
 @dataclass
 class CaptureStats:
     """What one run of capture did."""
 
-    events: int = 0
+    events: int = 0  # every event written (document changes, DDL, drops, renames, ...)
+    #: Document changes among them (insert, update, replace, delete): what writes to documents produce.
+    changes: int = 0
+    last_change_seq: int | None = None
     gaps: int = 0
     checkpoints: int = 0
     reconnects: int = 0
@@ -375,6 +379,9 @@ class ChangeCapture:
             with self._pending_lock:
                 self._pending.append((seq, event.get("wallTime")))
             self.stats.events += 1
+            if event["operationType"] in DOCUMENT_CHANGES:
+                self.stats.changes += 1
+                self.stats.last_change_seq = seq
             self.stats.first_seq = self.stats.first_seq or seq
             self.stats.last_seq = seq
             writer.commit(force_sync=event["operationType"] == "invalidate")

@@ -75,14 +75,16 @@ class SimulationResult:
     restore_failures: list[str] = field(default_factory=list)
 
 
-def _wait_for(cap: Any, events: int, timeout: float = 120.0) -> None:
-    """Until capture has the first ``events`` changes on disk (fsynced: a bundle built now holds them)."""
+def _wait_for(cap: Any, changes: int, timeout: float = 120.0) -> None:
+    """Until capture has the first ``changes`` document changes on disk (fsynced: a bundle built now
+    holds them).  Schema events (a collection's implicit ``create``) are not counted: writes are."""
     deadline = time.monotonic() + timeout
-    while cap.stats.events < events or cap.writer is None or cap.writer.durable_seq < events:
+    stats = cap.stats
+    while stats.changes < changes or cap.writer is None or (stats.last_change_seq or 0) > cap.writer.durable_seq:
         if time.monotonic() > deadline:
             from .errors import WalkitError
 
-            raise WalkitError(f"capture did not catch up within {timeout:.0f} s ({cap.stats.events} of {events} events)")
+            raise WalkitError(f"capture did not catch up within {timeout:.0f} s ({stats.changes} of {changes} changes)")
         time.sleep(0.002)
 
 

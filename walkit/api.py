@@ -404,7 +404,7 @@ def serve(ctx: ApiContext, host: str = "127.0.0.1", port: int = 8080, on_ready: 
     """
     server = ApiServer(ctx, host, port).start()
     stop = threading.Event()
-    previous: dict[int, Any] = {}
+    previous: dict[Any, Any] = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, lambda *_: stop.set())

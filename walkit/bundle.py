@@ -43,7 +43,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, Any, BinaryIO, cast
 
 import bson
 import zstandard
@@ -274,10 +274,10 @@ class _Member:
         return {"sha256": self.sha256, "size": self.size, "raw_sha256": self.raw_sha256, "raw_size": self.raw_size}
 
 
-def _compressed(tar: _TarOut, name: str, chunks: Iterator[bytes], level: int = LEVEL) -> _Member:
+def _compressed(tar: _TarOut, name: str, chunks: Iterator[bytes | memoryview], level: int = LEVEL) -> _Member:
     raw_digest, raw_size = hashlib.sha256(), 0
     with tar.member(name) as sink:
-        writer = zstandard.ZstdCompressor(level=level).stream_writer(sink, closefd=False)
+        writer = zstandard.ZstdCompressor(level=level).stream_writer(cast(IO[bytes], sink), closefd=False)
         for chunk in chunks:
             raw_digest.update(chunk)
             raw_size += len(chunk)
@@ -809,7 +809,7 @@ def _extract(tar: tarfile.TarFile, info: tarfile.TarInfo, spec: dict[str, Any], 
     try:
         with target.open("wb") as out:
             tee = _Tee(src, digest, out if keep_compressed else None)
-            reader = dctx.stream_reader(tee, read_across_frames=False)
+            reader = dctx.stream_reader(cast(IO[bytes], tee), read_across_frames=False)
             while chunk := reader.read(CHUNK):
                 raw_size += len(chunk)
                 if raw_size > limit:

@@ -37,7 +37,7 @@ from bson.codec_options import CodecOptions, DatetimeConversion
 
 __all__ = ["Catalog", "CollectionMeta", "ID_INDEX", "clean_options", "is_ddl"]
 
-DOC = CodecOptions(tz_aware=True, datetime_conversion=DatetimeConversion.DATETIME_AUTO)
+DOC: CodecOptions[dict[str, Any]] = CodecOptions(tz_aware=True, datetime_conversion=DatetimeConversion.DATETIME_AUTO)
 ID_INDEX: dict[str, Any] = {"v": 2, "key": {"_id": 1}, "name": "_id_"}
 Namespace = tuple[str, str]
 #: collMod fields that are collection options, and the option each one sets.

@@ -49,7 +49,8 @@ def require_replica_set(client: pymongo.MongoClient, uri: str | None = None) -> 
             raise NotAReplicaSetError(f"{standalone} is a standalone server, not a member of the replica set the URI names; {STANDALONE_FIX}") from None
         raise
     if not hello.get("setName") and hello.get("msg") != "isdbgrid":
-        raise NotAReplicaSetError(f"{client.address[0]}:{client.address[1]} is a standalone server; {STANDALONE_FIX}")
+        where = f"{client.address[0]}:{client.address[1]}" if client.address else "the server"
+        raise NotAReplicaSetError(f"{where} is a standalone server; {STANDALONE_FIX}")
     return hello
 
 

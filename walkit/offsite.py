@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 from .bundle import FORMAT, HashingWriter, Position, check_contents, unpack_bundle
 from .clock import as_utc
@@ -189,9 +189,10 @@ class OffsitePlan:
         return sum(b.size for b in self.bundles)
 
     def describe(self) -> str:
+        snap = self.snapshot_bundle.snapshot or {}
         lines = [
             f"restore {self.target} from the external service",
-            f"  snapshot   {self.snapshot_bundle.snapshot['id']} (in bundle {self.snapshot_bundle.index}), consistent from {self.snapshot_bundle.snapshot['end_wall']}",
+            f"  snapshot   {snap.get('id')} (in bundle {self.snapshot_bundle.index}), consistent from {snap.get('end_wall')}",
             f"  download   {len(self.bundles)} bundle(s), {self.download_bytes:,} bytes:",
         ]
         lines += [f"    {b.describe()}" for b in self.bundles]
@@ -286,7 +287,7 @@ def restore_from_external(
             try:
                 with blob.open("wb") as f:
                     sink = HashingWriter(f)  # hashed as it arrives: no second read of the file
-                    provider.download_to(b.ref, sink)
+                    provider.download_to(b.ref, cast(BinaryIO, sink))  # it has write(): all a download needs
             except ProviderError as exc:
                 raise RestoreError(f"cannot download bundle {b.index} ({b.ref}): {exc}") from None
             bar.update(b.size)

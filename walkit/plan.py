@@ -125,7 +125,7 @@ def _when(wall: datetime | None, ct: Timestamp) -> str:
 
 def windows(snapshots: list[SnapshotInfo], runs: list[Run]) -> list[tuple[datetime | None, datetime | None, Run]]:
     """For each run that a snapshot can serve: (earliest restorable instant, latest, run)."""
-    out = []
+    out: list[tuple[datetime | None, datetime | None, Run]] = []
     for run in runs:
         usable = [s for s in snapshots if _serves(run, s)]
         if usable:

@@ -98,12 +98,13 @@ def _human_bytes(n: float, _pos: Any = None) -> str:
 
 def _bytes_axis(axis: Any) -> None:
     """Ticks at round numbers of KiB/MiB/GiB, labelled so."""
+    import numpy as np
     from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     class _ByteLocator(MaxNLocator):
         def tick_values(self, vmin: float, vmax: float) -> Any:
             unit = _unit(max(abs(vmin), abs(vmax)))
-            return super().tick_values(vmin / unit, vmax / unit) * unit
+            return np.asarray(super().tick_values(vmin / unit, vmax / unit)) * unit
 
     axis.set_major_locator(_ByteLocator(nbins="auto", steps=[1, 2, 2.5, 5, 10]))
     axis.set_major_formatter(FuncFormatter(_human_bytes))

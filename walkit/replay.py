@@ -24,7 +24,7 @@ are different keys here, as they are not in MongoDB; a known limit).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import bson
@@ -41,13 +41,13 @@ from .mongo import describe_error
 __all__ = ["MemoryState", "MongoTarget", "apply_update_description", "namespace_of"]
 
 #: Documents decoded for changing them: plain dicts, every BSON type kept (re-encodes to the same bytes).
-DOC = CodecOptions(tz_aware=True, datetime_conversion=DatetimeConversion.DATETIME_AUTO)
+DOC: CodecOptions[dict[str, Any]] = CodecOptions(tz_aware=True, datetime_conversion=DatetimeConversion.DATETIME_AUTO)
 Namespace = tuple[str, str]
 #: Documents up to this size stay decoded once updated (cheap repeated updates); larger ones go back to BSON.
 KEEP_DECODED = 64 << 10
 
 
-def namespace_of(event: dict[str, Any]) -> Namespace | None:
+def namespace_of(event: Mapping[str, Any]) -> Namespace | None:
     ns = event.get("ns") or {}
     return (ns["db"], ns["coll"]) if ns.get("db") and ns.get("coll") else None
 

@@ -163,9 +163,9 @@ def scan_wal(wal_dir: Path, target: Target, renames: list[tuple[Timestamp, tuple
         return runs, Cut(runs[found_run], last_seq, next_ct)
     assert at is not None
     for index, run in enumerate(runs):
-        start = run.start_wall and as_utc(run.start_wall)
-        end = run.end_wall and as_utc(run.end_wall)
-        if start is not None and end is not None and start <= at <= end:
+        run_start = run.start_wall and as_utc(run.start_wall)
+        run_end = run.end_wall and as_utc(run.end_wall)
+        if run_start is not None and run_end is not None and run_start <= at <= run_end:
             if found_run != index:  # no event at or before the instant in this run: the snapshot alone
                 return runs, Cut(run, None, None)
             return runs, Cut(run, last_seq, next_ct)

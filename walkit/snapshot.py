@@ -219,10 +219,10 @@ def take_snapshot(
             names = [database] if database else [d for d in client.list_database_names(session=session) if d not in SYSTEM_DBS]
             for db_name in names:
                 db = client[db_name]
-                for info in db.list_collections(session=session):
-                    if info.get("type", "collection") != "collection" or not _in_scope(info["name"], wanted, exclude):
+                for listed in db.list_collections(session=session):
+                    if listed.get("type", "collection") != "collection" or not _in_scope(listed["name"], wanted, exclude):
                         continue
-                    entries.append(_dump_collection(db, info, tmp, session, tqdm, progress))
+                    entries.append(_dump_collection(db, dict(listed), tmp, session, tqdm, progress))
             end, end_wall = _server_time(client, session)
         missing = [c for c in wanted if not any(e.name == c for e in entries)]
         if missing:

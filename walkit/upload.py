@@ -219,8 +219,9 @@ def upload(
         if not provider.health_check():
             raise ProviderUnavailableError(f"{provider.name} is down (its health check fails); nothing was sent and today's call is not spent")
         notes: list[str] = []
-        if ledger.window == "calendar" and getattr(provider, "rate_limit_hours", 0):
-            notes.append(f"{provider.name} enforces a rolling {provider.rate_limit_hours:g} h window; with a calendar window a call less than that after the last one is refused (and spent)")
+        rolling = getattr(provider, "rate_limit_hours", 0)
+        if ledger.window == "calendar" and rolling:
+            notes.append(f"{provider.name} enforces a rolling {rolling:g} h window; with a calendar window a call less than that after the last one is refused (and spent)")
         bundle = prepare_bundle(home, ledger, provider, policy=policy, recipients=recipients, uri=uri, clock=clock, notes=notes, progress=progress)
         return _send(bundle, provider, ledger, notes, keep_bundle)
 

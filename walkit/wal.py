@@ -50,7 +50,7 @@ SEGMENT_RE = re.compile(r"^seg-(\d{8})\.wal(\.zst)?$")
 #: How records are decoded: nested documents stay raw, so events keep their bytes.
 RAW = CodecOptions(document_class=RawBSONDocument, tz_aware=True, datetime_conversion=DatetimeConversion.DATETIME_AUTO)
 #: How an event is decoded for looking at it: plain dicts all the way down.
-PLAIN = CodecOptions(tz_aware=True, datetime_conversion=DatetimeConversion.DATETIME_AUTO)
+PLAIN: CodecOptions[dict[str, Any]] = CodecOptions(tz_aware=True, datetime_conversion=DatetimeConversion.DATETIME_AUTO)
 DATA_KINDS = ("e", "g")
 
 

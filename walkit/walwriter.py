@@ -544,7 +544,7 @@ def _millis(dt: datetime) -> int:
 
 
 def _raw_bytes(doc: Any) -> bytes:
-    return doc.raw if isinstance(doc, RawBSONDocument) else bson.encode(doc)
+    return bytes(doc.raw) if isinstance(doc, RawBSONDocument) else bson.encode(doc)
 
 
 def _event_body(seq: int, ct: Timestamp, wt: Any, tok: Any, event: RawBSONDocument) -> bytes:

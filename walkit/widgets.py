@@ -274,7 +274,7 @@ class Explorer:
     def _databases(self) -> list[str]:
         if self.database:
             return [self.database]
-        names = set()
+        names: set[str] = set()
         for snap in list_snapshots(self.home):
             names.update(e.db for e in snap.collections)
             if snap.database:
@@ -308,7 +308,7 @@ class Explorer:
         out = {}
         for ns in sorted(set(then) | set(now)):
             a, b = then.get(ns, {}), now.get(ns, {})
-            rows = []
+            rows: list[tuple[bytes, Any, str, list[str], dict[str, Any] | None, dict[str, Any] | None]] = []
             for key in sorted(set(a) | set(b)):
                 old, new = a.get(key), b.get(key)
                 if old is None:
@@ -625,7 +625,7 @@ class ExplorerController:
             x0, x1 = x_of(window.start), x_of(window.end)
             parts.append(f"<rect x='{x0:.1f}' y='0' width='{max(1.0, x1 - x0):.1f}' height='{plot_h}' fill='#e8f5e9'><title>restorable</title></rect>")
         for i, c in enumerate(counts):
-            y = plot_h
+            y = float(plot_h)
             for op in ("insert", "update", "replace", "delete", "gap", *sorted(set(c) - set(_OP_COLOURS))):
                 n = c.get(op, 0)
                 if not n:

@@ -67,6 +67,7 @@ def make_provider(
         if key in options:
             raise ConfigError(f"pass the {kind} provider's {key} as its location, not as an option")
     cls: type[ExternalBackupProvider]
+    args: tuple[Any, ...]
     if kind == "mock":
         cls, args, kwargs = MockExternalBackupProvider, (), {"state_dir": location, "clock": clock, **options}
     elif kind == "filesystem":

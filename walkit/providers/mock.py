@@ -23,6 +23,7 @@ are a hash of ``(seed, call number)``, so processes sharing ``state_dir`` agree;
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import io
 import os
@@ -198,7 +199,7 @@ class MockExternalBackupProvider(ExternalBackupProvider):
 
     # -- observation -------------------------------------------------------------------
     @property
-    def calls(self) -> list[dict[str, Any]]:
+    def calls(self) -> builtins.list[dict[str, Any]]:
         """Every upload call that reached the service, oldest first:
         ``{"at", "ok", "outcome", "ref", "size"}`` (``outcome`` is one of :data:`OUTCOMES`;
         a call still running or interrupted by a crash shows as failed)."""
@@ -226,7 +227,7 @@ class MockExternalBackupProvider(ExternalBackupProvider):
 
     # -- the call ------------------------------------------------------------------------
     def _proceed(
-        self, n: int, at: datetime, log: list[dict[str, Any]], src: BinaryIO, declared: int, meta: dict[str, Any]
+        self, n: int, at: datetime, log: builtins.list[dict[str, Any]], src: BinaryIO, declared: int, meta: dict[str, Any]
     ) -> tuple[str, int]:
         """Decide and store call ``n``: its (ref, size), or _Refusal with the outcome."""
         self.clock.sleep(self.latency_ms / 1000)
@@ -333,7 +334,7 @@ class MockExternalBackupProvider(ExternalBackupProvider):
                 with _exclusive(self.state_dir / "lock", "the mock backup service"):
                     yield
 
-    def _records(self) -> list[dict[str, Any]]:
+    def _records(self) -> builtins.list[dict[str, Any]]:
         if self.state_dir is None:
             return sorted((r for _, r in self._mem_blobs.values()), key=lambda r: (_parse_time(r["uploaded_at"]), r["ref"]))
         return _scan(self._blobs)
@@ -360,7 +361,7 @@ class MockExternalBackupProvider(ExternalBackupProvider):
         else:
             append_json_line(self.state_dir / "calls.jsonl", record)
 
-    def _call_log(self) -> list[dict[str, Any]]:
+    def _call_log(self) -> builtins.list[dict[str, Any]]:
         """The calls, oldest first: ``{"n", "at" (datetime), "outcome" (None: no result), "ref", "size"}``."""
         raw = self._mem_calls if self.state_dir is None else _read_lines(self.state_dir / "calls.jsonl")
         calls: dict[int, dict[str, Any]] = {}

@@ -150,7 +150,7 @@ def test_the_log_keeps_copies_not_the_stored_document() -> None:
     run(eng, {"update": "c", "updates": [{"q": {"_id": 1}, "u": [{"$set": {"l": [9], "d": {"k": 9}}}]}]})
     run(eng, {"update": "c", "updates": [{"q": {"_id": 1}, "u": {"l": [], "d": {}}}]})
     assert entries(eng)[: len(logged)] == logged
-    update = eng.oplog.entries[1]
+    update = eng.oplog.entries[2]  # (after the collection's create and the insert)
     assert update.update == {"updatedFields": {"l.1": 2, "d.k": 2}, "removedFields": [], "truncatedArrays": []}
     assert update.post == {"_id": 1, "l": [1, 2], "d": {"k": 2}}
 
@@ -164,7 +164,7 @@ def test_a_failed_update_leaves_the_stored_document_and_logs_nothing() -> None:
     reply = bson.decode(run(eng, {"update": "c", "updates": [{"q": {"_id": 1}, "u": {"$set": {"_id": 2}}}]}))
     assert reply["writeErrors"][0]["code"] == 66
     assert contents(eng) == before
-    assert [e.op for e in eng.oplog.entries] == ["insert"]
+    assert [e.op for e in eng.oplog.entries] == ["create", "insert"]  # the implicit create, the insert
 
 
 # -- the oplog's tail ----------------------------------------------------------------------------

@@ -183,7 +183,7 @@ def test_a_no_op_update_logs_nothing_on_the_fast_path() -> None:
     with mock.patch.object(crud, "apply_by_id", side_effect=AssertionError("the general path ran")):
         reply = bson.decode(run(eng, {"update": "c", "updates": [{"q": {"_id": 1}, "u": {"$set": {"n": 1}, "$unset": {"gone": ""}}}]}))
     assert (reply["n"], reply["nModified"]) == (1, 0)
-    assert [e.op for e in eng.oplog.entries] == ["insert"]
+    assert [e.op for e in eng.oplog.entries] == ["create", "insert"]  # the implicit create, the insert
 
 
 def test_crud_uses_the_fast_paths() -> None:

@@ -59,7 +59,7 @@ class Sandbox:
             raise SandboxError(f"cannot listen on {HOST}:{port}: {exc.strerror}; pick another --port") from None
         self.port: int = self._server.server_address[1]
         self.engine.host = f"{HOST}:{self.port}"
-        self.uri = uri_for(self.port, self.engine.set_name) if not standalone else f"mongodb://{HOST}:{self.port}/?directConnection=true"
+        self.uri = uri_for(self.port, self.engine.set_name or "rs0") if not standalone else f"mongodb://{HOST}:{self.port}/?directConnection=true"
         self._thread: threading.Thread | None = None
 
     def start(self) -> Sandbox:

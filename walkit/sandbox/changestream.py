@@ -19,8 +19,40 @@ any event: a ``$match`` may hide it, but the stream still ends and its last
 after it.  Once the oplog no longer holds what a stream needs, the stream
 fails with 286 ChangeStreamHistoryLost; an event token that falls inside the
 oplog's window but names no logged event (another server's) fails with 280,
-as MongoDB's "resume token was not found".  ``showExpandedEvents`` is
-accepted but no expanded events (create, createIndexes...) are produced.
+as MongoDB's "resume token was not found".
+
+``showExpandedEvents: true`` (MongoDB 6.0+, the manual's "Change Events"
+pages) adds, as MongoDB 7.0 does:
+
+- ``collectionUUID`` (the UUID ``listCollections`` reports in
+  ``info.uuid``) on every event about a collection: insert, update, replace,
+  delete, drop, rename and the four below; not on dropDatabase and
+  invalidate.  Fields come in the order ``_id, operationType, clusterTime,
+  [txnNumber, lsid], collectionUUID, wallTime, [fullDocument], ns, [to],
+  [documentKey], [operationDescription], [updateDescription],
+  [stateBeforeChange], [fullDocumentBeforeChange]``;
+- ``create`` (explicit, or implicit on a first write or createIndexes, then
+  logged just before that write, inside its transaction if any) with
+  ``operationDescription`` = the collection's options as listCollections
+  reports them, plus ``idIndex``;
+- ``createIndexes`` (``operationDescription.indexes``: the specs built; one
+  event per index on an empty collection, one for all of them otherwise, as
+  MongoDB's createIndexes / commitIndexBuild oplog entries give), and
+  ``dropIndexes`` (one event per index, its full spec in a one-element
+  ``indexes``);
+- ``modify`` (collMod) with ``operationDescription`` (what changed) and
+  ``stateBeforeChange`` (``collectionOptions`` with the uuid; ``indexOptions``
+  when an index changed);
+- ``operationDescription`` ``{to, dropTarget?}`` on rename, and
+  ``updateDescription.disambiguatedPaths`` (always ``{}``: the sandbox never
+  reports an ambiguous path, it logs a replace instead; see :mod:`.diff`).
+
+Without it (the default) none of these appear and the events are exactly
+what they were before expanded events existed: streams skip the DDL entries
+as they skip other collections' writes (postBatchResumeToken moves past
+them).  Not produced: ``nsType`` (8.0), view and time-series events,
+``shardCollection`` and the other sharding events, and the events of the
+temporary collection MongoDB uses for a cross-database rename.
 """
 
 from __future__ import annotations
@@ -37,7 +69,7 @@ from mongomock_ng.aggregate import process_pipeline
 
 from .engine import SYSTEM_DBS, Ctx, Engine
 from .errors import CommandError
-from .oplog import KIND_EVENT, KIND_HIGH_WATER, KIND_INVALIDATE, MAX_INDEX, Entry, Position, decode_token
+from .oplog import EXPANDED_OPS, KIND_EVENT, KIND_HIGH_WATER, KIND_INVALIDATE, MAX_INDEX, Entry, Position, decode_token
 from .wire import CODEC, MAX_BSON_SIZE, RAW_CODEC
 
 FULL_DOCUMENT = ("default", "updateLookup", "whenAvailable", "required")
@@ -66,10 +98,14 @@ class StreamCursor:
     pending_invalidate: Entry | None = None
     closed: bool = False
     kind: str = field(default="changestream")
+    #: showExpandedEvents: DDL events, collectionUUID and operationDescription.
+    expanded: bool = False
 
     # -- scoping -----------------------------------------------------------------
     def in_scope(self, e: Entry) -> bool:
         if e.coll is not None and e.coll.startswith("system."):
+            return False
+        if not self.expanded and e.op in EXPANDED_OPS:
             return False
         if self.scope == "cluster":
             return e.db not in SYSTEM_DBS
@@ -90,6 +126,8 @@ class StreamCursor:
 
     # -- rendering -----------------------------------------------------------------
     def render(self, eng: Engine, e: Entry) -> dict[str, Any]:
+        if self.expanded:
+            return self._render_expanded(eng, e)
         ev: dict[str, Any] = {
             "_id": eng.oplog.token(e.position),
             "operationType": e.op,
@@ -110,11 +148,41 @@ class StreamCursor:
             ev["updateDescription"] = e.update
             if self.full_document != "default":
                 ev["fullDocument"] = self._post_image(eng, e)
+        self._add_pre_image(ev, e)
+        return ev
+
+    def _render_expanded(self, eng: Engine, e: Entry) -> dict[str, Any]:
+        """An event as a ``showExpandedEvents`` stream shows it (MongoDB's field order)."""
+        ev: dict[str, Any] = {"_id": eng.oplog.token(e.position), "operationType": e.op, "clusterTime": e.ts}
+        if e.lsid is not None:
+            ev["txnNumber"] = Int64(e.txn_number or 0)
+            ev["lsid"] = e.lsid
+        if e.uuid is not None:
+            ev["collectionUUID"] = e.uuid
+        ev["wallTime"] = e.wall
+        if e.op in ("insert", "replace"):
+            ev["fullDocument"] = e.post
+        elif e.op == "update" and self.full_document != "default":
+            ev["fullDocument"] = self._post_image(eng, e)
+        ev["ns"] = {"db": e.db, "coll": e.coll} if e.coll is not None else {"db": e.db}
+        if e.op == "rename" and e.to:
+            ev["to"] = {"db": e.to[0], "coll": e.to[1]}
+        if e.doc_key is not None:
+            ev["documentKey"] = e.doc_key
+        if e.desc is not None:
+            ev["operationDescription"] = e.desc
+        if e.op == "update" and e.update is not None:
+            ev["updateDescription"] = {**e.update, "disambiguatedPaths": {}}
+        if e.state_before is not None:
+            ev["stateBeforeChange"] = e.state_before
+        self._add_pre_image(ev, e)
+        return ev
+
+    def _add_pre_image(self, ev: dict[str, Any], e: Entry) -> None:
         if e.op in ("update", "replace", "delete") and self.before_change != "off":
             if e.pre is None and self.before_change == "required":
                 raise CommandError(47, f"Change stream was configured to require a pre-image for all update, delete and replace events, but the pre-image was not found for event: {ev['_id']}")
             ev["fullDocumentBeforeChange"] = e.pre
-        return ev
 
     def _post_image(self, eng: Engine, e: Entry) -> dict[str, Any] | None:
         if self.full_document == "updateLookup":
@@ -210,6 +278,8 @@ def _parse_spec(ctx: Ctx, pipeline: list[Any]) -> dict[str, Any]:
         raise CommandError(40674, "Only one type of resume option is allowed, but multiple were found.")
     if spec.get("fullDocument", "default") not in FULL_DOCUMENT:
         raise CommandError(2, f"'{spec.get('fullDocument')}' is not a valid fullDocument option; use one of {', '.join(FULL_DOCUMENT)}")
+    if not isinstance(spec.get("showExpandedEvents", False), bool):
+        raise CommandError(14, "BSON field '$changeStream.showExpandedEvents' is the wrong type, expected type 'bool'")
     if spec.get("fullDocumentBeforeChange", "off") not in BEFORE_CHANGE:
         raise CommandError(2, f"'{spec.get('fullDocumentBeforeChange')}' is not a valid fullDocumentBeforeChange option; use one of {', '.join(BEFORE_CHANGE)}")
     return spec
@@ -258,7 +328,7 @@ def open_stream(eng: Engine, ctx: Ctx, pipeline: list[Any], batch_size: Any) -> 
         ns=ns, scope=scope, db=db, coll=coll,
         full_document=spec.get("fullDocument", "default"),
         before_change=spec.get("fullDocumentBeforeChange", "off"),
-        stages=pipeline[1:], position=(0, 0, 0),
+        stages=pipeline[1:], position=(0, 0, 0), expanded=spec.get("showExpandedEvents", False),
     )
     stream.position = _start_position(eng, stream, spec)
     eng.oplog.check(stream.position)

@@ -144,8 +144,8 @@ def _write_error(index: int, exc: Exception, ns: str) -> dict[str, Any]:
             err[key] = {k: (v if _encodable(v) else None) for k, v in details[key].items()}
     if code == 11000:
         pattern = err.get("keyPattern") or {"_id": 1}
-        index = "_id_" if list(pattern) == ["_id"] else "_".join(f"{k}_{v}" for k, v in pattern.items())
-        err["errmsg"] = f"E11000 duplicate key error collection: {ns} index: {index} dup key: {err.get('keyValue')}"
+        index_name = "_id_" if list(pattern) == ["_id"] else "_".join(f"{k}_{v}" for k, v in pattern.items())
+        err["errmsg"] = f"E11000 duplicate key error collection: {ns} index: {index_name} dup key: {err.get('keyValue')}"
     return err
 
 
@@ -240,15 +240,15 @@ def _log_change(
 
 
 def _create_implicitly(eng: Engine, ctx: Ctx, name: str) -> None:
-    """Create a collection on its first write; it then outlives its last document.
+    """Create a collection on its first write (logging its ``create`` before the write's
+    own entry); it then outlives its last document.
 
-    Inside a transaction the creation is noted, so an abort undoes it.
+    Inside a transaction the creation is part of it: an abort undoes it.
     """
     if not eng.exists(ctx.db, name):
-        eng.client[ctx.db].create_collection(name)
-        if ctx.txn is not None:
-            ctx.txn.created.append((ctx.db, name))
-    eng.info(ctx.db, name)
+        eng.create_collection(ctx, ctx.db, name)
+    else:
+        eng.info(ctx.db, name)
 
 
 def _upsert(eng: Engine, ctx: Ctx, coll: Any, query: dict[str, Any], update: Any, replacement: bool, array_filters: Any) -> Any:

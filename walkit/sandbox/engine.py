@@ -30,6 +30,7 @@ from bson.objectid import ObjectId
 from bson.timestamp import Timestamp
 
 from ..clock import Clock, SystemClock
+from . import options as options_
 from .errors import CommandError
 from .oplog import Entry, Oplog
 from .wire import MAX_BSON_SIZE, MAX_MESSAGE_SIZE, Request
@@ -124,7 +125,7 @@ class Engine:
 
         self.clock = clock or SystemClock()
         self.lock = threading.RLock()
-        self.client = mongomock_ng.MongoClient()
+        self.client: Any = mongomock_ng.MongoClient()
         self.oplog = Oplog(self.clock, oplog_size, self.lock)
         self.host = host
         self.set_name = set_name
@@ -146,7 +147,7 @@ class Engine:
 
     def exists(self, db: str, name: str) -> bool:
         """True when ``list_collection_names`` would name it (without listing them all)."""
-        found = self.client[db]._store._collections.get(name)  # (not [name]: that would add an entry)
+        found: Any = self.client[db]._store._collections.get(name)  # (not [name]: that would add an entry)
         return found is not None and not name.startswith("system.") and bool(found.is_created)
 
     def info(self, db: str, name: str) -> CollInfo:
@@ -166,6 +167,9 @@ class Engine:
 
         The oplog stamps wallTime when the change (or the commit) is logged.
         """
+        if entry.uuid is None and entry.coll is not None:  # a write that created its collection
+            known = self.colls.get((entry.db, entry.coll))
+            entry.uuid = known.uuid if known is not None else None
         if ctx.txn is not None:
             ctx.txn.entries.append(entry)
             return
@@ -190,9 +194,30 @@ class Engine:
         known = self.colls.get((db, coll)) if coll else None
         if known is not None and not known.images:  # (what the check below gives, without listing collections)
             images = False
+        elif coll and self.exists(db, coll):
+            known = self.info(db, coll)
+            images = known.images
         else:
-            images = self.info(db, coll).images if coll and self.exists(db, coll) else False
+            images = False
+        if known is not None and "uuid" not in kw:
+            kw["uuid"] = known.uuid
         return Entry(ts=_UNSET, wall=self.clock.now(), op=op, db=db, coll=coll, images=images, **kw)
+
+    def create_collection(self, ctx: Ctx, db: str, name: str, options: dict[str, Any] | None = None) -> CollInfo:
+        """Create a collection (by ``create``, or implicitly by its first write) and log its ``create``.
+
+        Inside a transaction the creation is noted, so an abort undoes it.
+        """
+        self.client[db].create_collection(name)
+        info = self.colls[(db, name)] = CollInfo(options=dict(options or {}))
+        if ctx.txn is not None:
+            ctx.txn.created.append((db, name))
+        desc = dict(info.options)
+        id_index = options_.id_index(info.options)
+        if id_index is not None:
+            desc["idIndex"] = id_index
+        self.record(ctx, self.new_entry("create", db, name, desc=desc))
+        return info
 
     # -- cursors -----------------------------------------------------------
     def add_cursor(self, cursor: Any) -> int:

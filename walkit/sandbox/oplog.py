@@ -1,6 +1,10 @@
 """The sandbox's bounded in-memory oplog, cluster time and resume tokens.
 
-Each write appends one :class:`Entry`; all entries of one committed
+Each write appends one :class:`Entry`, and so does each change of a
+collection's metadata (create, createIndexes, dropIndexes, collMod: the
+:data:`EXPANDED_OPS`, which only streams opened with ``showExpandedEvents``
+show, yet which take their place and clusterTime in the oplog as in
+MongoDB's); all entries of one committed
 transaction share a clusterTime and a wallTime (the commit's, as they come
 from MongoDB's single ``applyOps`` oplog entry) and are told apart by
 ``txn_index``.  The oplog keeps the newest ``max_entries`` oplog entries,
@@ -36,6 +40,9 @@ KIND_HIGH_WATER = 0xFF
 
 MAX_INDEX = 0xFFFFFFFF
 
+#: Operations only a stream with ``showExpandedEvents`` shows.
+EXPANDED_OPS = frozenset({"create", "createIndexes", "dropIndexes", "modify"})
+
 Position = tuple[int, int, int]  # (ts.time, ts.inc, txn_index)
 
 
@@ -45,7 +52,7 @@ class Entry:
 
     ts: Timestamp
     wall: datetime
-    op: str  # insert update replace delete drop rename dropDatabase
+    op: str  # insert update replace delete drop rename dropDatabase, or one of EXPANDED_OPS
     db: str
     coll: str | None = None
     doc_key: dict[str, Any] | None = None
@@ -54,6 +61,9 @@ class Entry:
     update: dict[str, Any] | None = None  # updateDescription
     to: tuple[str, str] | None = None  # rename target (db, coll)
     images: bool = False  # the collection had changeStreamPreAndPostImages
+    uuid: Any = None  # the collection's UUID (collectionUUID); None for dropDatabase
+    desc: dict[str, Any] | None = None  # operationDescription (DDL and rename)
+    state_before: dict[str, Any] | None = None  # stateBeforeChange (modify)
     lsid: dict[str, Any] | None = None
     txn_number: int | None = None
     txn_index: int = 0

@@ -9,9 +9,14 @@ TransientTransactionError, so drivers' ``with_transaction`` retries) and a
 plain write to it waits until the transaction ends.  A retried write (same
 ``lsid`` + ``txnNumber``) is answered from a cache, not run twice.
 
+Collections created inside a transaction (``create``, a first insert or
+upsert, ``createIndexes`` on a collection the transaction creates) are part
+of it, as in MongoDB 4.4+: their ``create`` and ``createIndexes`` entries
+commit with it, and an abort drops them.
+
 What is approximate: reads outside a transaction see its uncommitted writes
-(read-uncommitted, where MongoDB gives snapshot isolation), and DDL inside a
-transaction is refused rather than partly supported.
+(read-uncommitted, where MongoDB gives snapshot isolation), and other DDL
+inside a transaction is refused (263) rather than partly supported.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ if TYPE_CHECKING:
 
 TRANSIENT = ["TransientTransactionError"]
 RETRYABLE_WRITES = {"insert", "update", "delete", "findandmodify"}
-NOT_IN_TXN = {"drop", "dropdatabase", "renamecollection", "dropindexes", "collmod", "create", "createindexes"}
+NOT_IN_TXN = {"drop", "dropdatabase", "renamecollection", "dropindexes", "collmod"}
 TXN_LIFETIME = 60.0
 WAIT_FOR_TXN = 5.0
 RETRY_CACHE = 10_000
@@ -49,7 +54,7 @@ class Transaction:
     state: str = "active"  # active | committed | aborted
     started: float = field(default_factory=time.monotonic)
     claims: set[DocId] = field(default_factory=set)
-    #: Collections its writes created implicitly (dropped again on abort).
+    #: Collections it created (dropped again on abort).
     created: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -183,6 +188,8 @@ class Sessions:
         eng = self.engine
         try:
             for entry in reversed(txn.entries):
+                if entry.doc_key is None:  # a collection's create or createIndexes: dropped below
+                    continue
                 coll = eng.coll(entry.db, entry.coll or "")
                 key = (entry.doc_key or {}).get("_id")
                 if entry.op == "insert":

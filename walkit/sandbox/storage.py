@@ -117,7 +117,7 @@ def _iter_documents(self: Any, filter: Any) -> Any:  # noqa: A002 - mongomock-ng
     return _scan_documents(self, filter)
 
 
-mongomock_ng.collection.Collection._iter_documents = _iter_documents
+mongomock_ng.collection.Collection._iter_documents = _iter_documents  # type: ignore[method-assign]
 
 
 # -- one document by _id, straight on the store ------------------------------------

@@ -43,13 +43,13 @@ def _element_tests(query: dict[str, Any], array: str) -> list[Callable[[Any], bo
         elif key == array:
             inner = cond.get("$elemMatch") if isinstance(cond, dict) else None
             if isinstance(inner, dict) and inner and not all(k.startswith("$") for k in inner):
-                tests.append(lambda e, q=inner: isinstance(e, dict) and filter_applies(q, e))
+                tests.append(lambda e, q=inner: isinstance(e, dict) and filter_applies(q, e))  # type: ignore[misc]
             else:
                 target = inner if isinstance(inner, dict) else cond
-                tests.append(lambda e, q=target: filter_applies({"v": q}, {"v": e}))
+                tests.append(lambda e, q=target: filter_applies({"v": q}, {"v": e}))  # type: ignore[misc]
         elif key.startswith(array + "."):
             rest = key[len(array) + 1 :]
-            tests.append(lambda e, q={rest: cond}: isinstance(e, dict) and filter_applies(q, e))
+            tests.append(lambda e, q={rest: cond}: isinstance(e, dict) and filter_applies(q, e))  # type: ignore[misc]
     return tests
 
 

@@ -39,7 +39,7 @@ FLAG_EXHAUST_ALLOWED = 1 << 16
 #: How the sandbox decodes documents: dates outside Python's range stay
 #: ``DatetimeMS``; every other type maps to the bson class that re-encodes it
 #: to the same bytes.
-CODEC = CodecOptions(datetime_conversion=DatetimeConversion.DATETIME_AUTO)
+CODEC: CodecOptions[dict[str, Any]] = CodecOptions(datetime_conversion=DatetimeConversion.DATETIME_AUTO)
 #: The same, decoding into RawBSONDocument (bytes kept as they are).
 RAW_CODEC = CODEC.with_options(document_class=RawBSONDocument)
 

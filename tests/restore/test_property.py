@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from pymongo import errors as pm
 
 from tests.helpers import capturing
-from walkit import RestoreError, Target, state_at, take_snapshot
+from walkit import RestoreError, Target, metadata_at, state_at, take_snapshot
 from walkit.capture import ChangeCapture
 from walkit.home import Home
 from walkit.wal import read_records
@@ -41,7 +41,9 @@ COLLS = ["a", "b", "c"]
 IDS = st.integers(0, 4)
 PATHS = ["x", "y.z", "y.w", "arr", "n", "y"]
 counter = itertools.count()
-TALLY = {"compared": 0, "refused": 0}  # so that a run that checks nothing cannot pass
+TALLY = {"compared": 0, "refused": 0, "large": 0, "ddl": 0}  # so that a run that checks nothing cannot pass
+#: Large values: around pymongo's ~4 KB memoryview threshold, and up to several MB (restores once failed above 4 KB).
+BIG_SIZES = [4_000, 5_000, 70_000, 1_100_000, 4_200_000]
 
 scalars = st.one_of(
     st.integers(-5, 5),
@@ -64,7 +66,19 @@ ops = st.one_of(
     st.tuples(st.just("rename"), st.sampled_from(COLLS), st.sampled_from(COLLS)),
     st.tuples(st.just("txn"), st.lists(st.tuples(st.sampled_from(["insert", "set", "delete"]), st.sampled_from(COLLS), IDS, values), min_size=2, max_size=3)),
     st.tuples(st.just("snapshot"), st.booleans()),
+    st.tuples(st.just("big"), st.sampled_from(COLLS), IDS, st.sampled_from(BIG_SIZES)),
+    st.tuples(st.just("bigdoc"), st.sampled_from(COLLS), IDS, st.sampled_from(BIG_SIZES)),
+    st.tuples(st.just("index"), st.sampled_from(COLLS), st.sampled_from(["n", "x", "y.z"]), st.booleans()),
+    st.tuples(st.just("dropindex"), st.sampled_from(COLLS), st.sampled_from(["n", "x", "y.z"])),
+    st.tuples(st.just("collmod"), st.sampled_from(COLLS), st.sampled_from(["strict", "moderate", "off"])),
+    st.tuples(st.just("create"), st.sampled_from(COLLS), st.sampled_from([
+        {"validator": {"n": {"$type": "int"}}, "validationLevel": "off"},
+        {"collation": {"locale": "fr", "strength": 2}},
+        {"capped": True, "size": 1 << 30},
+        {"changeStreamPreAndPostImages": {"enabled": True}},
+    ])),
 )
+DDL_OPS = ("index", "dropindex", "collmod", "create")
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +113,20 @@ def _apply(db: Any, op: tuple[Any, ...], session: Any) -> None:
         elif kind == "rename":
             if op[1] != op[2] and op[1] in db.list_collection_names(session=session):
                 coll.rename(op[2], dropTarget=True, session=session)
+        elif kind == "big":
+            coll.update_one({"_id": op[2]}, {"$set": {"x": "b" * op[3]}, "$inc": {"n": 1}}, session=session)
+        elif kind == "bigdoc":
+            coll.replace_one({"_id": op[2]}, {"x": "d" * op[3], "y": {"z": list(range(op[3] // 100_000))}}, upsert=True, session=session)
+        elif kind == "index":
+            coll.create_index(op[2], name=f"{op[2]}_i", unique=op[3] and op[2] == "x", session=session)
+        elif kind == "dropindex":
+            if op[1] in db.list_collection_names(session=session):
+                coll.drop_index(f"{op[2]}_i", session=session)
+        elif kind == "collmod":
+            if op[1] in db.list_collection_names(session=session):
+                db.command("collMod", op[1], validator={"n": {"$type": "int"}}, validationLevel=op[2], session=session)
+        elif kind == "create":
+            db.create_collection(op[1], session=session, **op[2])
         elif kind == "txn":
             for sub in op[1]:  # collections must exist before a transaction writes to them
                 if sub[1] not in db.list_collection_names(session=session):
@@ -115,17 +143,26 @@ def _apply(db: Any, op: tuple[Any, ...], session: Any) -> None:
                         c.delete_one({"_id": doc_id}, session=s)
 
             session.with_transaction(body)
-    except (pm.DuplicateKeyError, pm.WriteError, pm.OperationFailure):
+    except (pm.DuplicateKeyError, pm.WriteError, pm.OperationFailure, pm.CollectionInvalid):
         pass  # a write the server refuses changes nothing (no event)
 
 
-def _state(db: Any, session: Any) -> dict[str, list[bytes]]:
-    out = {}
-    for name in sorted(db.list_collection_names(session=session)):
+def _state(db: Any, session: Any) -> tuple[dict[str, list[bytes]], dict[str, Any]]:
+    """The documents of every collection, and its metadata (options, indexes, uuid) as compared."""
+    out, meta = {}, {}
+    for info in db.list_collections(session=session):
+        name = info["name"]
         raws = [d.raw for d in db.get_collection(name, codec_options=RAW).find({}, session=session)]
         if raws:
             out[f"{db.name}.{name}"] = raws
-    return out
+        indexes = list(db[name].list_indexes(session=session))
+        meta[f"{db.name}.{name}"] = _meta(info["options"], indexes, info["info"]["uuid"].hex())
+    return out, meta
+
+
+def _meta(options: Any, indexes: Any, uuid: str) -> dict[str, Any]:
+    specs = {ix["name"]: (sorted((k, v) for k, v in dict(ix).items() if k not in ("key", "ns")), list(dict(ix["key"]).items())) for ix in indexes}
+    return {"options": dict(options), "indexes": specs, "uuid": uuid}
 
 
 def _canonical(state: dict[str, list[bytes]]) -> dict[str, list[bytes]]:
@@ -149,12 +186,12 @@ def _one_workload(env: tuple[str, Home, ChangeCapture], workload: list[tuple[Any
     uri, home, cap = env
     client = pymongo.MongoClient(uri, tz_aware=True)
     db = client[f"prop{next(counter)}"]
-    recorded: list[tuple[Any, dict[str, list[bytes]]]] = []
+    recorded: list[tuple[Any, tuple[dict[str, list[bytes]], dict[str, Any]]]] = []
     snaps, threads = [], []
     try:
         with client.start_session(causal_consistency=True) as session:
             db.command("ping", session=session)
-            recorded.append((session.operation_time, {}))
+            recorded.append((session.operation_time, ({}, {})))
             if not any(op[0] == "snapshot" for op in workload):
                 workload = [("snapshot", False), *workload]
             for op in workload:
@@ -189,6 +226,11 @@ def _one_workload(env: tuple[str, Home, ChangeCapture], workload: list[tuple[Any
         expected_after = [state for op_ct, state in recorded if op_ct <= ct][-1]
         if later and any(op_ct > ct and op_ct < later[0][1] for op_ct, _ in recorded):
             continue  # ct is mid-way through one operation's several events: no recorded state for it
+        prev_ct = max((e[1] for e in events if e[1] < ct), default=None)
+        if kind != "before_seq" and not any(op_ct >= ct and (not later or op_ct < later[0][1]) for op_ct, _ in recorded):
+            continue  # no operation ended between this event and the next (an implicit create's event, then its insert's)
+        if kind == "before_seq" and prev_ct is not None and not any(prev_ct <= op_ct < ct for op_ct, _ in recorded):
+            continue  # likewise for the state just before it
         if kind == "seq":
             target, expected, next_ct = Target("seq", seq), expected_after, (later[0][1] if later else None)
             servable = any(s.end < next_ct if next_ct is not None else True for s in snaps)
@@ -208,8 +250,13 @@ def _one_workload(env: tuple[str, Home, ChangeCapture], workload: list[tuple[Any
             TALLY["refused"] += 1
             continue
         got = state_at(home, target, database=db.name)
-        assert _canonical(got) == _canonical(expected), f"{target}: restored state differs from the recorded one"
+        assert _canonical(got) == _canonical(expected[0]), f"{target}: restored state differs from the recorded one"
+        got_meta = {ns: _meta(m["options"], m["indexes"], m["uuid"]) for ns, m in metadata_at(home, target, database=db.name).items()}
+        assert got_meta == expected[1], f"{target}: restored options/indexes differ from the recorded ones"
         TALLY["compared"] += 1
+        drawn = {op[0] for op in workload}
+        TALLY["large"] += bool(drawn & {"big", "bigdoc"})
+        TALLY["ddl"] += bool(drawn & set(DDL_OPS))
 
 
 def test_state_at_an_instant_before_every_snapshot_is_refused(env: tuple[str, Home, ChangeCapture]) -> None:
@@ -244,3 +291,6 @@ def test_restore_at_t_equals_the_data_at_t(env: tuple[str, Home, ChangeCapture])
     _one_workload(env)
     assert TALLY["compared"] >= min(50, EXAMPLES // 2), TALLY  # the examples really compared states ...
     assert TALLY["refused"] >= 1, TALLY  # ... and some targets no snapshot could serve
+    assert TALLY["large"] >= min(10, EXAMPLES // 10), TALLY  # documents over 4 KB (up to MBs) were drawn and compared ...
+    assert TALLY["ddl"] >= min(10, EXAMPLES // 10), TALLY  # ... and so were schema changes
+    print(f"\nproperty tally: {TALLY}")

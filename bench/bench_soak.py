@@ -13,13 +13,16 @@ sandbox's clock) to the fsync of its WAL record, for every event of the run.  WA
 segments are sealed every 10 real seconds (``segment_seconds``) instead of hourly, so
 retention has sealed segments to remove while the days fly by.
 
-Reported: writes/s; events captured; capture lag p50/p99/max; RSS of the worker's
+Reported: writes/s; events captured (document changes, one per write, and schema events:
+capture shows MongoDB 6.0+'s expanded events, so the first insert's implicit ``create`` of
+``soak.items`` is one too); capture lag p50/p99/max; RSS of the worker's
 process every ``--sample`` seconds (first, last, max, and the growth of the mean of the
 last third of the samples after a 45 s warm-up -- two daily calls, the first bundles and
 snapshots sized their buffers -- over the mean of the first third: "flat" when it is at most
 8 MiB and 15 %); daily calls ok/failed; snapshots taken; WAL bytes on disk
 (retention keeps them bounded) and the figures of the exactly-once check (every
-acknowledged write in the local WAL or the bundles the service holds exactly once).
+acknowledged write in the local WAL or the bundles the service holds exactly once, and
+which schema events they hold besides).
 Baseline, same run: the same writer against the same sandbox with no worker, for
 ``--baseline-seconds``; the ratio is writes/s with the worker over writes/s without.
 ``--rate 0`` writes as fast as the sandbox takes them (the ratio is then the worker's
@@ -209,6 +212,9 @@ class SoakResult:
     sim_start: datetime
     sim_end: datetime
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Document changes (insert/update/replace/delete) capture wrote: one per write.  ``live["events_captured"]``
+    #: counts every event, schema events too (the ``create`` of the collection at its first insert).
+    changes: int = 0
 
     @property
     def ratio(self) -> float | None:
@@ -309,16 +315,26 @@ def soak(
         halt.set()
         service.stop()
         raise
-    # everything the writer did is captured (one event per write), then a clean stop
+    # everything the writer did is captured (one document change per write), then a clean stop
     deadline = time.monotonic() + 60
-    while service.live()["events_captured"] < summary["writes"] and time.monotonic() < deadline:
+    while changes_captured(service) < summary["writes"] and time.monotonic() < deadline:
         time.sleep(0.05)
     halt.set()
     clock_thread.join(5)
     service.stop()  # the last events' lags are recorded at their fsync
     lags = list(service.capture.stats.lags) if service.capture else []
     live = service.live()
-    return SoakResult(seconds, rate, summary, base, lags, samples, live, home, mock_dir, ops_path, uri, db, sim_start, clock.now(), {"backup_hour": backup_hour})
+    return SoakResult(
+        seconds, rate, summary, base, lags, samples, live, home, mock_dir, ops_path, uri, db, sim_start, clock.now(), {"backup_hour": backup_hour},
+        changes=changes_captured(service),
+    )
+
+
+def changes_captured(service: Any) -> int:
+    """Document changes (insert, update, replace, delete) the worker's capture has written in its current run
+    (the soak expects no capture restart): the writes it has captured, schema events (``create``...) apart."""
+    capture = service.capture
+    return capture.stats.changes if capture is not None else 0
 
 
 def live_snapshots(home: Path) -> int:
@@ -334,7 +350,10 @@ class Check:
     """What the WAL and the service's bundles hold, against what the writer did."""
 
     writes: int
-    events: int  # data events, by seq, local WAL and bundles together
+    events: int  # change events (document changes and schema events), by seq, local WAL and bundles together
+    changes: int  # the document changes (insert, update, replace, delete) among them
+    schema: list[tuple[int, str, Any]]  # the other events: (seq, operationType, collection), e.g. (1, "create", "items")
+    first_write_seq: int | None  # the seq of the event of the writer's first write
     first_local_seq: int | None
     missing: list[tuple[str, int]]
     doubled: list[tuple[str, int]]
@@ -387,6 +406,8 @@ def check(result: SoakResult, scratch: Path) -> Check:
     seqs = sorted(by_seq)
     holes = sorted(set(range(1, (seqs[-1] if seqs else 0) + 1)) - set(seqs))
     got: list[tuple[str, int]] = []
+    schema: list[tuple[int, str, Any]] = []
+    got_seqs: list[int] = []
     gaps = 0
     for seq in seqs:
         rec = by_seq[seq]
@@ -401,9 +422,12 @@ def check(result: SoakResult, scratch: Path) -> Check:
             got.append(("u", ev["updateDescription"]["updatedFields"]["u"]))
         elif kind == "delete":
             got.append(("d", ev["documentKey"]["_id"]))
-        else:
-            got.append((kind, -1))
+        else:  # create, createIndexes, drop...: not a write to a document
+            schema.append((seq, kind, ev["ns"].get("coll")))
+            continue
+        got_seqs.append(seq)
     ops = read_ops(result.ops_path)
+    first_write_seq = got_seqs[got.index(ops[0])] if ops and ops[0] in got else None
     counts, wanted = Counter(got), set(ops)
     ledger = QuotaLedger(quota_dir(Home(result.home)))
     calls = [{"at": c.at, "ok": c.ok, "spent": c.spent, "error": c.error} for c in ledger.calls()]
@@ -415,7 +439,8 @@ def check(result: SoakResult, scratch: Path) -> Check:
         too_close += [(a.isoformat(), b.isoformat()) for a, b in zip(times, times[1:], strict=False) if b - a < timedelta(hours=24)]
     segments = list_segments(result.home / "wal").segments
     return Check(
-        writes=len(ops), events=len(got), first_local_seq=local[0].seq if local else None,
+        writes=len(ops), events=len(got) + len(schema), changes=len(got), schema=schema, first_write_seq=first_write_seq,
+        first_local_seq=local[0].seq if local else None,
         missing=[op for op in ops if op not in counts], doubled=[op for op, n in counts.items() if n > 1],
         strangers=[op for op in counts if op not in wanted], seq_holes=holes, mismatched_seqs=mismatched, gaps=gaps,
         calls=calls, service_calls=service_calls, too_close=too_close,
@@ -443,7 +468,7 @@ def report(result: SoakResult, checked: Check | None) -> str:
     if result.baseline:
         lines.append(f"writes/s without it (baseline, same run): {result.baseline['rate']:.0f}; ratio {result.ratio:.2f}")
     lines += [
-        f"events captured: {live['events_captured']}; capture restarts {live['capture_restarts']}, errors {live['errors']}, gaps {live['gaps']}",
+        f"events captured: {live['events_captured']} ({result.changes} document changes, the others schema events); capture restarts {live['capture_restarts']}, errors {live['errors']}, gaps {live['gaps']}",
         f"capture lag (wallTime -> fsync, {len(result.lags)} events{'' if len(result.lags) >= live['events_captured'] else ': the last ones, as many as capture keeps'}): p50 {percentile(result.lags, 0.5) * 1000:.0f} ms, "
         f"p99 {percentile(result.lags, 0.99) * 1000:.0f} ms, max {max(result.lags, default=float('nan')) * 1000:.0f} ms",
         f"RSS: first {rss[0] / MiB:.1f} MiB, last {rss[-1] / MiB:.1f} MiB, max {max(rss) / MiB:.1f} MiB; after {warmup} warm-up samples "
@@ -457,8 +482,9 @@ def report(result: SoakResult, checked: Check | None) -> str:
         lines += [
             f"snapshots on disk at the end: {checked.snapshots_on_disk}; WAL segments pruned: {checked.segments_pruned} "
             f"(local WAL starts at seq {checked.first_local_seq})",
-            f"exactly once (WAL + bundles): {checked.writes} writes, {checked.events} events, {len(checked.missing)} missing, "
-            f"{len(checked.doubled)} doubled, {len(checked.strangers)} unknown, {len(checked.seq_holes)} seq holes, {checked.gaps} gaps",
+            f"exactly once (WAL + bundles): {checked.writes} writes, {checked.changes} document changes, {len(checked.missing)} missing, "
+            f"{len(checked.doubled)} doubled, {len(checked.strangers)} unknown, {len(checked.seq_holes)} seq holes, {checked.gaps} gaps; "
+            f"schema events (seq, type, collection): {checked.schema or 'none'}, the first write's at seq {checked.first_write_seq}",
             f"calls: ledger {[('ok' if c['ok'] else 'failed' if c['ok'] is False else 'unknown') for c in checked.calls]}, "
             f"service {[c['outcome'] for c in checked.service_calls]}; two in one 24 h window: {checked.too_close or 'never'}",
         ]

@@ -9,7 +9,9 @@ and deletes over a bounded key space, shaped over the day (busier in office
 hours), written as a few write commands per fifteen simulated minutes (what ``bulk_write`` sends,
 on a connection of its own that sends them together and reads the replies after).  It returns
 tidy pandas DataFrames (one row per write, snapshot and upload attempt; the
-recovery-point series; restorable windows) and a summary.
+recovery-point series; restorable windows) and a summary (its ``changes_captured`` counts the
+document changes capture wrote, one per write; ``events_captured`` every event, the ``create``
+event of each collection at its first write too, as MongoDB 6.0+ change streams show it).
 
 Deterministic for a given seed: the same writes at the same simulated times,
 the same failed days, the same outcomes.  Bundle ids (and so a few bytes of
@@ -184,7 +186,7 @@ def simulate(
     else:
         clock = SimulatedClock(origin)
         box = Sandbox(0, clock=clock).start()
-    client = pymongo.MongoClient(box.uri)
+    client: pymongo.MongoClient[Any] = pymongo.MongoClient(box.uri)
     mock = MockExternalBackupProvider(latency_ms=0, failure_rate=failure_rate, storage_limit_bytes=None, clock=clock, seed=seed, state_dir=offsite)
     ledger = QuotaLedger(quota_dir(home), clock=clock)
     policy = Policy(snapshot_every_days=snapshot_every_days)
@@ -324,7 +326,10 @@ def simulate(
         summary = {
             "days": days,
             "writes": len(events),
+            # every event capture wrote: the writes' document changes, and the schema events (MongoDB 6.0+ streams
+            # show a collection's implicit create, at its first write)
             "events_captured": cap.stats.events if cap is not None else 0,
+            "changes_captured": cap.stats.changes if cap is not None else 0,  # document changes only: one per write
             "uploads_ok": int(up["ok"].sum()),
             "uploads_failed": int((~up["ok"]).sum()),
             "second_calls_refused": int(second_refused),
@@ -413,7 +418,7 @@ def _restored(mock: Any, target: Any, folder: Path) -> dict[str, list[bytes]]:
     out = {}
     for path in sorted(folder.glob("*/*.bson")):
         with path.open("rb") as f:
-            docs = [d.raw for d in bson.decode_file_iter(f, CodecOptions(document_class=RawBSONDocument))]
+            docs = [bytes(d.raw) for d in bson.decode_file_iter(f, CodecOptions(document_class=RawBSONDocument))]
         if docs:
             out[f"{path.parent.name}.{path.stem}"] = sorted(docs, key=lambda raw: bson.decode(raw)["_id"])
     return out

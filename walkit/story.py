@@ -11,7 +11,9 @@ last), is printed on stdout by a code cell::
     WALKIT_SUMMARY {"events_captured": 1234, "uploads_ok": 29, ...}
 
 ``WALKIT_SUMMARY``, one space, then a JSON object on the same line.  Keys read
-(all optional; missing ones count as 0 / not reported): ``events_captured``,
+(all optional; missing ones count as 0 / not reported): ``events_captured`` (every
+change event: document changes and schema events such as a collection's ``create``),
+``changes_captured`` (document changes only: insert, update, replace, delete),
 ``uploads_ok``, ``uploads_failed``, ``second_calls_refused`` (ints, summed),
 ``worst_offsite_rpo_hours`` (float, the maximum is shown), ``restore_checks``
 and ``restore_checks_passed`` (ints, summed).  ``walkit.simulate``'s
@@ -298,6 +300,7 @@ def _print_summary(runs: Sequence[NotebookRun], out_dir: Path, total: float, out
     refused = _sum(runs, "second_calls_refused")
     rows = [
         ("events captured", num(_sum(runs, "events_captured"))),
+        *([("document changes", num(changes))] if (changes := _sum(runs, "changes_captured")) is not None else []),
         ("uploads made / failed", f"{num(_sum(runs, 'uploads_ok'))} / {num(_sum(runs, 'uploads_failed'))}"
          + (f"  (second calls refused: {refused:,})" if refused else "")),
         ("worst off-site RPO", "-" if rpo is None else f"{rpo:.1f} h"),

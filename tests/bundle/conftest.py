@@ -1,8 +1,9 @@
 """Fixtures for the bundle tests: one captured home, the bundles built from it, an age key.
 
 The ``scenario`` (built once per session) is a home whose WAL holds inserts, dotted
-updates, deletes, a transaction and a drop, with a snapshot taken in the middle, and
-three bundles built from it: ``b1`` (from the start, with the snapshot, built while
+updates, deletes, a transaction and a drop, and (MongoDB 6.0+, showExpandedEvents) the
+``create`` event each collection's first insert makes, seq for seq as :data:`EXPECTED`
+lists them, with a snapshot taken in the middle, and three bundles built from it: ``b1`` (from the start, with the snapshot, built while
 capture was still running), ``b2`` (continuing after ``b1``: more changes) and
 ``empty`` (after ``b2``: nothing new).  Tests never change these files: the ones that
 damage a bundle copy it first (:func:`copy_bundle`).
@@ -85,6 +86,21 @@ class Scenario:
     server_docs: dict[str, list[bytes]] = field(default_factory=dict)  # "db.coll" -> raw documents at the end
 
 
+ORDERS, FANCY, SCRATCH = "orders_q7x", "fancy_z3k", "scratch_w9v"
+#: (operationType, collection) of the scenario's WAL events, seq 1 first
+EXPECTED: list[tuple[str, str]] = [
+    ("create", ORDERS), *[("insert", ORDERS)] * 20,  # 1, 2..21
+    ("create", FANCY), ("insert", FANCY),  # 22, 23; then the snapshot
+    ("update", ORDERS), ("delete", ORDERS),  # 24, 25
+    ("insert", ORDERS), ("update", ORDERS),  # 26, 27: one transaction
+    ("create", SCRATCH), ("insert", SCRATCH), ("drop", SCRATCH),  # 28, 29, 30; then b1 is built
+    ("insert", FANCY), ("update", ORDERS), ("delete", ORDERS), ("insert", ORDERS),  # 31..34: b2
+]
+B1_LAST = 30  # the last seq in b1
+LAST = len(EXPECTED)  # the last seq in b2 (and in the WAL)
+TX = (26, 27)  # the transaction's events
+
+
 def _wait_events(home: Home, count: int) -> None:
     deadline = time.monotonic() + WAIT
     while len(list(read_records(home.wal_dir))) < count:
@@ -98,33 +114,36 @@ def scenario(mongo_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Scenar
     home = Home(root / "home")
     name = unique("bundle")
     marker = f"walkit-marker-{uuid.uuid4().hex}"
-    orders, fancy, scratch = "orders_q7x", "fancy_z3k", "scratch_w9v"
+    orders, fancy, scratch = ORDERS, FANCY, SCRATCH
     out = root / "out"
     out.mkdir()
     with pymongo.MongoClient(mongo_uri) as client:
         db = client[name]
         with capturing(mongo_uri, home.path, database=name):
-            db[orders].insert_many([{"_id": i, "n": i, "a": {"b": i, "c": [i]}, "note": marker} for i in range(20)])  # 1..20
-            db[fancy].insert_one(fancy_document("fancy-in-snapshot"))  # 21
+            db[orders].insert_many([{"_id": i, "n": i, "a": {"b": i, "c": [i]}, "note": marker} for i in range(20)])  # 1 (create), 2..21
+            db[fancy].insert_one(fancy_document("fancy-in-snapshot"))  # 22 (create), 23
             snapshot = take_snapshot(mongo_uri, home, database=name, progress=False)
-            db[orders].update_one({"_id": 1}, {"$set": {"a.b": 100, "a.new": "x"}})  # 22: dotted
-            db[orders].delete_one({"_id": 2})  # 23
-            with client.start_session() as session:  # 24, 25: one transaction
+            db[orders].update_one({"_id": 1}, {"$set": {"a.b": 100, "a.new": "x"}})  # 24: dotted
+            db[orders].delete_one({"_id": 2})  # 25
+            with client.start_session() as session:  # 26, 27: one transaction
                 session.with_transaction(
                     lambda s: (
                         db[orders].insert_one({"_id": 100, "tx": True}, session=s),
                         db[orders].update_one({"_id": 3}, {"$inc": {"n": 10}, "$unset": {"a.c": ""}}, session=s),
                     )
                 )
-            db[scratch].insert_one({"_id": "gone"})  # 26
-            db[scratch].drop()  # 27
-            _wait_events(home, 27)
+            db[scratch].insert_one({"_id": "gone"})  # 28 (create), 29
+            db[scratch].drop()  # 30
+            _wait_events(home, B1_LAST)
             b1 = build_bundle(home, out, snapshot=snapshot)  # while capture is still running
-            db[fancy].insert_one(fancy_document("fancy-in-wal"))  # 28
-            db[orders].update_one({"_id": 4}, {"$set": {"a.b": "four", "note": marker + "-2"}})  # 29
-            db[orders].delete_one({"_id": 5})  # 30
-            db[orders].insert_one({"_id": 200, "late": True})  # 31
-            _wait_events(home, 31)
+            db[fancy].insert_one(fancy_document("fancy-in-wal"))  # 31
+            db[orders].update_one({"_id": 4}, {"$set": {"a.b": "four", "note": marker + "-2"}})  # 32
+            db[orders].delete_one({"_id": 5})  # 33
+            db[orders].insert_one({"_id": 200, "late": True})  # 34
+            _wait_events(home, LAST)
+        # exactly the events the writes made, each once, in order (and nothing after them)
+        got = [(r.seq, r.event()["operationType"], r.event()["ns"]["coll"]) for r in read_records(home.wal_dir)]
+        assert got == [(seq, op, coll) for seq, (op, coll) in enumerate(EXPECTED, 1)], got
         b2 = build_bundle(home, out, after=b1.position)
         empty = build_bundle(home, out, after=b2.position)
         server_docs = {

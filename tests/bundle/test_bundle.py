@@ -27,7 +27,10 @@ import pytest
 from bson.raw_bson import RawBSONDocument
 
 from tests.bundle.conftest import (
+    B1_LAST,
+    LAST,
     RAW,
+    TX,
     AgeKey,
     Scenario,
     Synthetic,
@@ -82,7 +85,7 @@ def is_run_of(needles: list[bytes], haystack: list[bytes]) -> bool:
 
 def test_the_wal_segment_is_the_local_wal_slice_record_for_record(scenario: Scenario, tmp_path: Path) -> None:
     local_all = [r.raw for r in read_records(scenario.home.wal_dir, kinds=("e", "g", "c"))]
-    expected_ranges = {1: (1, 27), 2: (28, 31)}
+    expected_ranges = {1: (1, B1_LAST), 2: (B1_LAST + 1, LAST)}
     for bundle in (scenario.b1, scenario.b2):
         wal = bundle.manifest["wal"]
         first, last = expected_ranges[bundle.index]
@@ -100,9 +103,9 @@ def test_the_wal_segment_is_the_local_wal_slice_record_for_record(scenario: Scen
         # checkpoints come along unchanged, in their place: the whole body is a run of local records
         assert is_run_of([r.raw for r in body], local_all)
         assert (wal["events"], wal["gaps"], wal["records"]) == (len(data), 0, len(body))
-    kinds = [r.event()["operationType"] for r in read_records(scenario.home.wal_dir, from_seq=1, to_seq=27)]
-    assert {"insert", "update", "delete", "drop"} <= set(kinds)
-    tx = [r.event() for r in read_records(scenario.home.wal_dir, from_seq=24, to_seq=25)]
+    kinds = [r.event()["operationType"] for r in read_records(scenario.home.wal_dir, from_seq=1, to_seq=B1_LAST)]
+    assert {"create", "insert", "update", "delete", "drop"} <= set(kinds)
+    tx = [r.event() for r in read_records(scenario.home.wal_dir, from_seq=TX[0], to_seq=TX[1])]
     assert all("txnNumber" in ev and "lsid" in ev for ev in tx) and tx[0]["txnNumber"] == tx[1]["txnNumber"]
 
 
@@ -123,7 +126,7 @@ def test_the_next_bundle_continues_the_chain_and_the_segments_verify_together(sc
     assert files_under(folder) == ["wal/seg-00000001.wal.zst", "wal/seg-00000002.wal.zst"]
     report = verify(folder / "wal")
     assert report.ok, [str(p) for p in report.problems]
-    assert (report.first_seq, report.last_seq, report.events, report.gaps, len(report.segments)) == (1, 31, 31, 0, 2)
+    assert (report.first_seq, report.last_seq, report.events, report.gaps, len(report.segments)) == (1, LAST, LAST, 0, 2)
     # without the second bundle, the third does not chain on: verify says which segment is missing
     gap = tmp_path / "gap"
     unpack_bundle(b1.path, gap, snapshot=False)
@@ -154,9 +157,9 @@ def test_a_bundle_with_nothing_new_is_empty_and_still_chains(scenario: Scenario,
         wal = bundle.manifest["wal"]
         assert bundle.empty and bundle.index == 3
         assert (wal["records"], wal["events"], wal["gaps"]) == (0, 0, 0)
-        assert (wal["first_seq"], wal["last_seq"]) == (32, 31) and wal["prev"] == after.seal
+        assert (wal["first_seq"], wal["last_seq"]) == (LAST + 1, LAST) and wal["prev"] == after.seal
         assert verify_bundle(bundle.path, prev=after).index == 3
-        assert bundle.position.last_seq == 31 and bundle.position.seal == wal["seal"]
+        assert bundle.position.last_seq == LAST and bundle.position.seal == wal["seal"]
     assert not scenario.b1.empty and not scenario.b2.empty
     assert len({b.path for b in again}) == 2 and sorted(p.name for p in tmp_path.iterdir()) == sorted(b.path.name for b in again)
 
@@ -167,7 +170,7 @@ def test_bson_types_survive_bundle_unpack_and_replay(scenario: Scenario, tmp_pat
         unpack_bundle(bundle.path, restored.path)
     (restored.path / "snapshots").mkdir()
     (restored.path / "snapshot").rename(restored.path / "snapshots" / scenario.snapshot.id)
-    target = Target("seq", 31)
+    target = Target("seq", LAST)
     from_bundles = state_at(restored, target)
     assert from_bundles == state_at(scenario.home, target)
     orders, fancy, scratch = (f"{scenario.db}.{c}" for c in scenario.collections)
@@ -224,7 +227,7 @@ def test_an_encrypted_bundle_opens_with_its_identity(scenario: Scenario, encrypt
     orders = dest / "snapshot" / scenario.db / f"{scenario.collections[0]}.bson"
     assert scenario.marker.encode() in orders.read_bytes()  # the values are in there, only encrypted
     data = [r.raw for r in segment_records(dest, encrypted) if r.kind in ("e", "g")]
-    assert data == [r.raw for r in read_records(scenario.home.wal_dir)] and len(data) == 31
+    assert data == [r.raw for r in read_records(scenario.home.wal_dir)] and len(data) == LAST
     top = {p.split("/")[0] for p in everything_under(dest)}
     assert top == {"wal", "snapshot"}  # no decrypted copy of the tar left behind
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import bson
 from bson.codec_options import CodecOptions
 
-from tests.bundle.conftest import AgeKey, Scenario, fancy_document, files_under
+from tests.bundle.conftest import LAST, AgeKey, Scenario, fancy_document, files_under
 from walkit.bundle import Bundle, build_bundle, load_identities, parse_recipients, verify_bundle
 from walkit.wal import Segment, read_records, verify
 
@@ -79,11 +79,11 @@ def test_age_tar_and_zstd_give_back_the_snapshot_and_the_wal(scenario: Scenario,
     assert sorted(p.name for p in (work / "wal").iterdir()) == [segment.name]
     records = list(Segment(1, segment, False).records())
     assert records[0].kind == "h" and records[-1].kind == "s"
-    assert records[-1].get("sha256") == encrypted.manifest["wal"]["seal"] and records[-1].get("last_seq") == 31
+    assert records[-1].get("sha256") == encrypted.manifest["wal"]["seal"] and records[-1].get("last_seq") == LAST
     assert [r.raw for r in records if r.kind in ("e", "g")] == [r.raw for r in read_records(scenario.home.wal_dir)]
     report = verify(work / "wal")
     assert report.ok and report.torn_tail is None, [str(p) for p in report.problems]
-    assert (report.first_seq, report.last_seq, report.events) == (1, 31, 31)
+    assert (report.first_seq, report.last_seq, report.events) == (1, LAST, LAST)
     assert report.segments[0].seal_hash == encrypted.manifest["wal"]["seal"]
 
 

@@ -5,8 +5,9 @@ a sandbox server in its own process, so ``kill -9`` of either is a real
 crash.  What must hold afterwards:
 
 - ``kill -9`` of capture, any number of times, loses and doubles nothing:
-  every change the workload made is in the WAL exactly once, seq runs
-  gapless from 1, and ``walkit verify`` passes;
+  every change the workload made is in the WAL exactly once (and so is the
+  ``create`` event of the collection its first insert made: MongoDB 6.0+
+  ``showExpandedEvents``), seq runs gapless from 1, and ``walkit verify`` passes;
 - a crashed and restarted server is a **gap** in the WAL (history lost),
   never a silent carry-on, and capture keeps running;
 - a clean stop (SIGTERM or SIGINT) exits 0 with everything the server had
@@ -138,8 +139,29 @@ def wait_ready(cap: Capture, home: Path, timeout: float = 20.0) -> None:
     wait_until("the first checkpoint", lambda: bool(records(home, ("c",))), timeout, cap)
 
 
+DOCUMENT_CHANGES = ("insert", "update", "replace", "delete")
+
+
 def events(recs: list[Record]) -> list[Any]:
     return [r.get("ev") for r in recs if r.kind == "e"]
+
+
+def changes(recs: list[Record]) -> list[Any]:
+    """The document changes among the events (not create, drop, ...)."""
+    return [ev for ev in events(recs) if ev["operationType"] in DOCUMENT_CHANGES]
+
+
+def collection_uuid(client: pymongo.MongoClient, coll: str) -> Any:
+    return next(client[DB].list_collections(filter={"name": coll}))["info"]["uuid"]
+
+
+def assert_create(rec: Record, coll: str, uuid: Any) -> None:
+    """``rec`` is the create event of ``DB.coll`` (MongoDB 6.0+), with the uuid listCollections gave."""
+    assert rec.kind == "e", rec.kind
+    ev = rec.get("ev")
+    assert ev["operationType"] == "create", ev["operationType"]
+    assert dict(ev["ns"]) == {"db": DB, "coll": coll}
+    assert ev["collectionUUID"] == uuid
 
 
 def inserted_ids(recs: list[Record]) -> list[Any]:
@@ -169,7 +191,9 @@ class Workload(threading.Thread):
     """Inserts, updates and small transactions with short pauses, until stopped.
 
     Remembers what it wrote: inserted ``_id``s, the unique ``u`` value of
-    every update, the ``_id``s inserted inside transactions.
+    every update, the ``_id``s inserted inside transactions, and the
+    collections its writes created (name and collectionUUID): its first
+    insert creates ``items`` when that does not exist yet.
     """
 
     def __init__(self, uri: str, seed: int, pause: float = 0.004) -> None:
@@ -181,6 +205,7 @@ class Workload(threading.Thread):
         self.ids: list[int] = []
         self.marks: list[int] = []
         self.txn_ids: list[int] = []
+        self.created: list[tuple[str, Any]] = []
         self.error: BaseException | None = None
         self._lock = threading.Lock()
 
@@ -200,6 +225,7 @@ class Workload(threading.Thread):
         coll = client[DB].items
         next_id = next_mark = 0
         try:
+            creates = coll.name not in client[DB].list_collection_names()  # nothing else writes to it meanwhile
             while not self.halt.is_set():
                 roll = self.rng.random()
                 if roll < 0.70 or not self.ids:
@@ -207,6 +233,9 @@ class Workload(threading.Thread):
                     coll.insert_one({"_id": next_id, "pad": PAD})
                     with self._lock:
                         self.ids.append(next_id)
+                    if creates:
+                        creates = False
+                        self.created.append((coll.name, collection_uuid(client, coll.name)))
                 elif roll < 0.93:
                     next_mark += 1
                     coll.update_one({"_id": self.rng.choice(self.ids)}, {"$set": {"u": next_mark}})
@@ -236,7 +265,14 @@ class Workload(threading.Thread):
 
 
 def assert_exactly_once(recs: list[Record], work: Workload) -> None:
-    """Every insert and update of ``work`` in the WAL once, nothing else."""
+    """Every insert and update of ``work`` in the WAL once, and the create of each collection it made; nothing else."""
+    created = [(ev["ns"]["coll"], ev["collectionUUID"]) for ev in events(recs) if ev["operationType"] == "create"]
+    assert created == work.created, f"create events {created} for the collections the workload created {work.created}"
+    assert all(ev["ns"]["db"] == DB for ev in events(recs))
+    for coll, uuid in work.created:  # the create comes before any other event about its collection, all with its uuid
+        about = [ev for ev in events(recs) if ev["ns"]["coll"] == coll]
+        assert about[0]["operationType"] == "create", about[0]["operationType"]
+        assert all(ev["collectionUUID"] == uuid for ev in about)
     got_ids = inserted_ids(recs)
     assert len(got_ids) == len(work.ids), f"{len(got_ids)} insert events for {len(work.ids)} inserts"
     doubled = [i for i, n in Counter(got_ids).items() if n > 1]
@@ -247,17 +283,17 @@ def assert_exactly_once(recs: list[Record], work: Workload) -> None:
     assert sorted(marks) == sorted(work.marks), "update events differ from the updates made"
     in_txn = sorted(ev["documentKey"]["_id"] for ev in events(recs) if ev["operationType"] == "insert" and ev.get("txnNumber") is not None)
     assert in_txn == sorted(work.txn_ids), "transaction inserts not captured as transaction events"
-    assert {ev["operationType"] for ev in events(recs)} == {"insert", "update"}
+    assert {ev["operationType"] for ev in events(recs)} == {"insert", "update"} | ({"create"} if work.created else set())
 
 
 def wait_all_captured(home: Path, work: Workload, cap: Capture, timeout: float = 30.0) -> None:
-    """Until the WAL has as many events as the workload made changes, or stops growing for 3 s."""
+    """Until the WAL has as many document changes as the workload made, or stops growing for 3 s."""
     want = len(work.ids) + len(work.marks)
     deadline = time.monotonic() + timeout
     count, since = -1, time.monotonic()
     while time.monotonic() < deadline:
         assert cap.alive(), f"capture exited ({cap.proc.returncode}); stderr:\n{cap.stderr}"
-        now = len(events(records(home)))
+        now = len(changes(records(home)))
         if now >= want:
             return
         if now != count:
@@ -297,6 +333,7 @@ def test_kill_9_of_capture_at_random_moments_loses_and_doubles_nothing(server: S
         cap = captures(server.uri, home, extra=("--segment-mb", "1"))
     work.finish()
     assert len(work.ids) > 500 and work.marks and work.txn_ids, "the workload was too small to mean anything"
+    assert [coll for coll, _ in work.created] == ["items"], "on a fresh server the workload's first insert creates items"
     wait_all_captured(home, work, cap)
     cap.signal(signal.SIGTERM)
     assert cap.wait() == 0, cap.stderr
@@ -329,8 +366,9 @@ def test_server_kill_9_and_restart_is_a_gap_and_capture_goes_on(captures: Callab
         wait_ready(cap, home)
         with pymongo.MongoClient(first.uri, serverSelectionTimeoutMS=10_000) as client:
             for i in range(1, 31):
-                client[DB].items.insert_one({"_id": f"before-{i}"})
-        wait_until("the events before the crash", lambda: len(records(home)) == 30, 20, cap)
+                client[DB].items.insert_one({"_id": f"before-{i}"})  # the first creates items: a create event, then 30 inserts
+            uuid_before = collection_uuid(client, "items")
+        wait_until("the events before the crash", lambda: len(records(home)) == 1 + 30, 20, cap)
         first.kill()
         time.sleep(0.5)  # capture sees the connection drop while nothing listens
         assert cap.alive(), cap.stderr
@@ -339,8 +377,9 @@ def test_server_kill_9_and_restart_is_a_gap_and_capture_goes_on(captures: Callab
         wait_until("a gap record", lambda: any(r.kind == "g" for r in records(home)), 45, cap)
         with pymongo.MongoClient(second.uri, serverSelectionTimeoutMS=10_000) as client:
             for i in range(1, 21):
-                client[DB].items.insert_one({"_id": f"after-{i}"})
-        wait_until("the events after the restart", lambda: len(records(home)) == 30 + 1 + 20, 20, cap)
+                client[DB].items.insert_one({"_id": f"after-{i}"})  # the restarted server lost items: created again
+            uuid_after = collection_uuid(client, "items")
+        wait_until("the events after the restart", lambda: len(records(home)) == 31 + 1 + 21, 20, cap)
         wait_until("the initial snapshot and one after the gap", lambda: len(list_snapshots(Home(home))) == 2, 20, cap)
         time.sleep(0.3)
         assert cap.alive(), f"capture stopped after the server restart; stderr:\n{cap.stderr}"
@@ -354,12 +393,18 @@ def test_server_kill_9_and_restart_is_a_gap_and_capture_goes_on(captures: Callab
     recs = records(home)
     assert_gapless(recs)
     kinds = [r.kind for r in recs]
-    assert kinds == ["e"] * 30 + ["g"] + ["e"] * 20, kinds
+    assert kinds == ["e"] * 31 + ["g"] + ["e"] * 21, kinds
+    assert_create(recs[0], "items", uuid_before)
+    assert_create(recs[32], "items", uuid_after)
+    assert uuid_before != uuid_after
+    assert [ev["operationType"] for ev in events(recs)] == ["create"] + ["insert"] * 30 + ["create"] + ["insert"] * 20
+    assert all(ev["collectionUUID"] == uuid_before for ev in events(recs[:31]))
+    assert all(ev["collectionUUID"] == uuid_after for ev in events(recs[32:]))
     ids = inserted_ids(recs)
     assert ids == [f"before-{i}" for i in range(1, 31)] + [f"after-{i}" for i in range(1, 21)]
-    gap = recs[30]
-    assert gap.seq == 31
-    assert gap.get("after_tok") == recs[29].get("tok"), "the gap does not name the last event before it"
+    gap = recs[31]
+    assert gap.seq == 32
+    assert gap.get("after_tok") == recs[30].get("tok"), "the gap does not name the last event before it"
     assert gap.get("resume_tok") is not None, "the gap does not say where the new stream starts"
     assert "286" in gap.get("reason"), gap.get("reason")
     err = cap.stderr
@@ -368,18 +413,18 @@ def test_server_kill_9_and_restart_is_a_gap_and_capture_goes_on(captures: Callab
     assert "1 gaps" in err.splitlines()[-1], err
     # restorable on both sides of the gap, each from its own snapshot; never across it
     before, after = list_snapshots(Home(home))
-    assert before.end <= recs[29].get("ct") and after.start >= gap.get("ct")
-    ids_at = {seq: [RawBSONDocument(raw)["_id"] for raw in state_at(Home(home), Target("seq", seq)).get(f"{DB}.items", [])] for seq in (30, 51)}
-    assert sorted(ids_at[30]) == sorted(f"before-{i}" for i in range(1, 31))
-    assert sorted(ids_at[51]) == sorted(f"after-{i}" for i in range(1, 21))  # the restarted sandbox lost the rest
+    assert before.end <= recs[30].get("ct") and after.start >= gap.get("ct")
+    ids_at = {seq: [RawBSONDocument(raw)["_id"] for raw in state_at(Home(home), Target("seq", seq)).get(f"{DB}.items", [])] for seq in (31, 53)}
+    assert sorted(ids_at[31]) == sorted(f"before-{i}" for i in range(1, 31))
+    assert sorted(ids_at[53]) == sorted(f"after-{i}" for i in range(1, 21))  # the restarted sandbox lost the rest
     with pytest.raises(RestoreError, match="gap"):  # an instant while the server was down
-        state_at(Home(home), Target("at", recs[29].get("wt") + timedelta(milliseconds=250)))
+        state_at(Home(home), Target("at", recs[30].get("wt") + timedelta(milliseconds=250)))
     result = walkit_verify(home)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "50 events, 1 gaps" in result.stdout
+    assert "52 events, 1 gaps" in result.stdout
     shown = subprocess.run([sys.executable, "-m", "walkit", "wal", "show", "--home", str(home)], capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0, shown.stderr
-    assert [line.split()[0] for line in shown.stdout.splitlines() if "GAP:" in line] == ["31"], shown.stdout
+    assert [line.split()[0] for line in shown.stdout.splitlines() if "GAP:" in line] == ["32"], shown.stdout
 
 
 # -- 3. clean stop and restart while writes go on ----------------------------------------------
@@ -404,6 +449,7 @@ def test_restart_after_a_clean_stop_resumes_with_no_loss_or_doubling(server: San
     time.sleep(0.6)
     work.finish()
     assert all(n > 0 for n in written_while_down), f"nothing was written while capture was down: {written_while_down}"
+    assert [coll for coll, _ in work.created] == ["items"], "on a fresh server the workload's first insert creates items"
     wait_all_captured(home, work, cap)
     cap.signal(signal.SIGTERM)
     assert cap.wait() == 0, cap.stderr
@@ -435,12 +481,15 @@ def test_a_second_capture_on_a_busy_home_exits_2_and_the_first_goes_on(server: S
 
     assert first.alive(), first.stderr
     with pymongo.MongoClient(server.uri, serverSelectionTimeoutMS=10_000) as client:
-        client[DB].items.insert_many([{"_id": i} for i in range(25)])
-    wait_until("the first capture to go on", lambda: len(records(home)) == 25, 20, first)
+        client[DB].items.insert_many([{"_id": i} for i in range(25)])  # creates items: a create event, then 25 inserts
+        uuid = collection_uuid(client, "items")
+    wait_until("the first capture to go on", lambda: len(records(home)) == 1 + 25, 20, first)
     first.signal(signal.SIGTERM)
     assert first.wait() == 0, first.stderr
     recs = records(home)
     assert_gapless(recs)
+    assert_create(recs[0], "items", uuid)
+    assert [ev["operationType"] for ev in events(recs)] == ["create"] + ["insert"] * 25
     assert inserted_ids(recs) == list(range(25))
     assert walkit_verify(home).returncode == 0
 
@@ -489,5 +538,8 @@ def test_a_clean_stop_exits_0_with_the_last_writes_on_disk(signum: int, server: 
     assert_gapless(recs)
     assert inserted_ids(recs) == list(range(310)), f"{len(inserted_ids(recs))} of 310 inserts on disk"
     assert update_marks(recs) == [1], "the last write before the signal is missing"
+    ops = [ev["operationType"] for ev in events(recs)]
+    assert ops == ["create"] + ["insert"] * 310 + ["update"], "the first insert creates items: its create event comes first"
+    assert dict(recs[0].get("ev")["ns"]) == {"db": DB, "coll": "items"}
     report = verify(home / "wal")
     assert report.ok and report.torn_tail is None, [str(p) for p in report.problems]

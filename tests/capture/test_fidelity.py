@@ -5,6 +5,9 @@ server, one unique database per test; each test waits (bounded) until the
 expected number of events is in the WAL, stops capture, and reads the WAL
 back with ``read_records``:
 
+- the first write into a collection that does not exist yet comes after
+  the ``create`` event of MongoDB 6.0+ (``showExpandedEvents``), which names
+  the collection and its ``collectionUUID``;
 - a document holding every BSON type comes back as the very bytes that
   ``bson.encode`` makes of what was inserted;
 - nested updates (``$set`` on dotted paths, ``$unset``, ``$push``) carry an
@@ -73,6 +76,22 @@ def ev(rec: Record) -> RawBSONDocument:
     return rec.get("ev")
 
 
+def collection_uuid(db: pymongo.database.Database, coll: str) -> Any:
+    return next(db.list_collections(filter={"name": coll}))["info"]["uuid"]
+
+
+def assert_create(rec: Record, db: str, coll: str, uuid: Any = None) -> None:
+    """``rec`` is the ``create`` event of ``db.coll`` (a collection made implicitly: just the _id index)."""
+    event = ev(rec)
+    assert event["operationType"] == "create"
+    assert dict(event["ns"]) == {"db": db, "coll": coll}
+    assert event["collectionUUID"] is not None
+    if uuid is not None:
+        assert event["collectionUUID"] == uuid
+    assert dict(event["operationDescription"]["idIndex"]["key"]) == {"_id": 1}
+    assert "documentKey" not in event and "fullDocument" not in event
+
+
 def every_type() -> dict[str, Any]:
     """One document with every BSON type, in awkward variants."""
     payload = b"\x00\x01\xfe\xff"
@@ -139,11 +158,13 @@ def test_every_bson_type_round_trips_byte_for_byte(mongo_uri: str, db: pymongo.d
     doc = every_type()
     expected = bson.encode(doc)
     with capturing(mongo_uri, tmp_path, database=db.name):
-        db.things.insert_one(doc)
-        records = wait_records(tmp_path, 1)
-    (rec,) = final_records(tmp_path, 1)
-    assert records[0].seq == rec.seq == 1
+        db.things.insert_one(doc)  # things does not exist yet: create, then insert
+        records = wait_records(tmp_path, 2)
+    create, rec = final_records(tmp_path, 2)
+    assert records[1].seq == rec.seq == 2
+    assert_create(create, db.name, "things", collection_uuid(db, "things"))
     event = ev(rec)
+    assert event["collectionUUID"] == ev(create)["collectionUUID"]
     assert event["operationType"] == "insert"
     assert dict(event["ns"]) == {"db": db.name, "coll": "things"}
     assert event["documentKey"]["_id"] == doc["_id"]
@@ -165,15 +186,15 @@ def test_every_bson_type_round_trips_byte_for_byte(mongo_uri: str, db: pymongo.d
     assert back["ref"] == doc["ref"]
     # ChangeEvent hands out the same bytes, not a re-encoding
     change = ChangeEvent.from_record(rec)
-    assert change.operation == "insert" and change.seq == 1
+    assert change.operation == "insert" and change.seq == 2
     assert bytes(change.full_document.raw) == expected
     assert bytes(change.raw.raw) == bytes(event.raw)
     # `walkit wal show --json` (canonical Extended JSON) loses nothing either
     read_json = CANONICAL_JSON_OPTIONS.with_options(tz_aware=True, tzinfo=UTC, datetime_conversion=DatetimeConversion.DATETIME_AUTO)
     shown = json_util.loads(change.to_json(), json_options=read_json)
     assert bson.encode(shown["fullDocument"]) == expected
-    assert shown["seq"] == 1 and shown["op"] == "insert" and shown["documentKey"] == {"_id": doc["_id"]}
-    assert change.describe().split()[:1] == ["1"] and "things" in change.describe()
+    assert shown["seq"] == 2 and shown["op"] == "insert" and shown["documentKey"] == {"_id": doc["_id"]}
+    assert change.describe().split()[:1] == ["2"] and "things" in change.describe()
     # and the server holds what we inserted (so the comparison above is the server's view too)
     stored = db.with_options(codec_options=CodecOptions(document_class=RawBSONDocument, datetime_conversion=DatetimeConversion.DATETIME_AUTO)).things.find_one({"_id": doc["_id"]})
     assert bytes(stored.raw) == expected
@@ -191,15 +212,18 @@ def test_updates_replace_and_delete_have_the_documented_shapes(mongo_uri: str, d
     replacement = {"_id": 1, "status": "replaced", "ts": Timestamp(5, 6)}
     states = []
     with capturing(mongo_uri, tmp_path, database=db.name):
-        coll.insert_one(start)
+        coll.insert_one(start)  # orders does not exist yet: a create event comes first
         for update in updates:
             coll.update_one({"_id": 1}, update)
             states.append(coll.find_one({"_id": 1}))
         coll.replace_one({"_id": 1}, replacement)
         coll.delete_one({"_id": 1})
-        wait_records(tmp_path, 7)
-    records = final_records(tmp_path, 7)
+        wait_records(tmp_path, 8)
+    create, *records = final_records(tmp_path, 8)
+    uuid = collection_uuid(db, "orders")
+    assert_create(create, db.name, "orders", uuid)
     assert [ev(r)["operationType"] for r in records] == ["insert", "update", "update", "update", "update", "replace", "delete"]
+    assert all(ev(r)["collectionUUID"] == uuid for r in records)
     assert bytes(ev(records[0])["fullDocument"].raw) == bson.encode(start)
 
     # each updateDescription, applied in order to the document before it, gives the server's document after it
@@ -235,31 +259,44 @@ def test_rename_drop_and_drop_database_in_order(mongo_uri: str, client: pymongo.
             db.a.rename("a2")
             db.b.drop()
             db.c.insert_one({"_id": "c1"})
+            uuids = {coll: collection_uuid(db, coll) for coll in ("a2", "c")}
             client.drop_database(name)
-            wait_records(tmp_path, 9)
+            wait_records(tmp_path, 12)
             # a database stream ends with invalidate; capture starts after it and goes on
             db.d.insert_one({"_id": "after"})
-            wait_records(tmp_path, 10)
-        records = final_records(tmp_path, 10)
+            wait_records(tmp_path, 14)
+        records = final_records(tmp_path, 14)
+        uuids["d"] = collection_uuid(db, "d")
     finally:
         client.drop_database(name)
     ops = [(ev(r)["operationType"], (ev(r).get("ns") or {}).get("coll")) for r in records]
-    assert ops[:5] == [("insert", "a"), ("insert", "b"), ("rename", "a"), ("drop", "b"), ("insert", "c")]
+    # each first write into a collection that does not exist yet follows its create event (MongoDB 6.0+)
+    assert ops[:8] == [("create", "a"), ("insert", "a"), ("create", "b"), ("insert", "b"), ("rename", "a"), ("drop", "b"), ("create", "c"), ("insert", "c")]
     # dropDatabase: a drop per collection (in the server's order), then dropDatabase, then invalidate
-    assert sorted(ops[5:7]) == [("drop", "a2"), ("drop", "c")]
-    assert ops[7:] == [("dropDatabase", None), ("invalidate", None), ("insert", "d")]
-    rename = ev(records[2])
+    assert sorted(ops[8:10]) == [("drop", "a2"), ("drop", "c")]
+    assert ops[10:] == [("dropDatabase", None), ("invalidate", None), ("create", "d"), ("insert", "d")]
+    for index, coll in ((0, "a"), (2, "b"), (6, "c"), (12, "d")):
+        assert_create(records[index], name, coll)
+    # collectionUUID: a rename keeps it; every event about a collection carries its own
+    uuid_of = {ev(r)["operationType"] + ":" + ev(r)["ns"]["coll"]: ev(r)["collectionUUID"] for r in records if "coll" in (ev(r).get("ns") or {})}
+    assert uuid_of["create:a"] == uuid_of["insert:a"] == uuid_of["rename:a"] == uuid_of["drop:a2"] == uuids["a2"]
+    assert uuid_of["create:c"] == uuid_of["insert:c"] == uuid_of["drop:c"] == uuids["c"]
+    assert uuid_of["create:d"] == uuid_of["insert:d"] == uuids["d"]
+    assert uuid_of["create:b"] == uuid_of["insert:b"] == uuid_of["drop:b"]
+    assert len({uuid_of["create:a"], uuid_of["create:b"], uuid_of["create:c"], uuid_of["create:d"]}) == 4
+    rename = ev(records[4])
     assert dict(rename["ns"]) == {"db": name, "coll": "a"}
     assert dict(rename["to"]) == {"db": name, "coll": "a2"}
-    assert ChangeEvent.from_record(records[2]).to["coll"] == "a2"
-    assert dict(ev(records[7])["ns"]) == {"db": name}
-    assert "ns" not in ev(records[8])
-    for index in (2, 3, 5, 6, 7, 8):
+    assert dict(rename["operationDescription"]["to"]) == {"db": name, "coll": "a2"}
+    assert ChangeEvent.from_record(records[4]).to["coll"] == "a2"
+    assert dict(ev(records[10])["ns"]) == {"db": name}
+    assert "ns" not in ev(records[11])
+    for index in (4, 5, 8, 9, 10, 11):
         assert "documentKey" not in ev(records[index]) and "fullDocument" not in ev(records[index])
-    assert bytes(ev(records[9])["fullDocument"].raw) == bson.encode({"_id": "after"})
+    assert bytes(ev(records[13])["fullDocument"].raw) == bson.encode({"_id": "after"})
     cluster_times = [rec.get("ct") for rec in records]
     assert cluster_times == sorted(cluster_times)
-    assert cluster_times[7] == cluster_times[8]  # the invalidate belongs to the dropDatabase
+    assert cluster_times[10] == cluster_times[11]  # the invalidate belongs to the dropDatabase
 
 
 def test_transaction_events_share_cluster_time_and_txn_number(mongo_uri: str, client: pymongo.MongoClient, db: pymongo.database.Database, tmp_path: Path) -> None:
@@ -298,9 +335,10 @@ def test_awkward_values_as_document_keys(mongo_uri: str, db: pymongo.database.Da
     """_id values that compare equal to others or are hard to decode keep their exact bytes in documentKey."""
     doc = {"_id": {"k": value}, "v": 1}
     with capturing(mongo_uri, tmp_path, database=db.name):
-        db.keys.insert_one(doc)
+        db.keys.insert_one(doc)  # keys does not exist yet: create, then insert
         db.keys.delete_one({"v": 1})  # (the sandbox does not match NaN == NaN in queries as MongoDB does)
-        wait_records(tmp_path, 2)
-    insert, delete = final_records(tmp_path, 2)
+        wait_records(tmp_path, 3)
+    create, insert, delete = final_records(tmp_path, 3)
+    assert_create(create, db.name, "keys", collection_uuid(db, "keys"))
     assert bytes(ev(insert)["fullDocument"].raw) == bson.encode(doc)
     assert bytes(ev(delete)["documentKey"].raw) == bson.encode({"_id": doc["_id"]})

@@ -2,7 +2,11 @@
 
 One workload runs over two fresh databases A and B (inserts, an update,
 renames into and out of the scope, drops, and dropDatabase of both); for each
-scope the WAL must hold exactly the events the scope promises, in order:
+scope the WAL must hold exactly the events the scope promises, in order.
+The first insert into a collection that does not exist yet creates it, so
+(MongoDB 6.0+, ``showExpandedEvents``) a ``create`` event comes before its
+insert, with the ``collectionUUID`` that listCollections reports.
+
 
 - ``database=A``: everything in A, ending with dropDatabase + invalidate;
 - ``collections=[x]``: events on a collection named x, renames from or to x,
@@ -31,6 +35,7 @@ from walkit.wal import read_records, verify
 
 WAIT = 20.0
 Op = tuple[str, "str | None", "str | None", "str | None"]  # operationType, db, coll, rename target
+Uuids = dict[tuple["str | None", "str | None"], Any]  # (db, coll) -> collectionUUID of each collection the workload created
 
 
 def wal_ops(home: Path) -> list[Op]:
@@ -57,14 +62,30 @@ def canonical(ops: list[Op]) -> list[Op]:
     return out[:-1]
 
 
-def workload(client: pymongo.MongoClient, a: str, b: str) -> list[Op]:
-    """Write to databases a and b; return every event a whole-deployment stream sees."""
+def wal_creates(home: Path) -> Uuids:
+    """The collectionUUID of every create event in the WAL."""
+    out: Uuids = {}
+    for rec in read_records(home / "wal"):
+        ev = rec.get("ev")
+        if ev["operationType"] == "create":
+            assert (ev["ns"]["db"], ev["ns"]["coll"]) not in out, f"created twice: {dict(ev['ns'])}"
+            out[(ev["ns"]["db"], ev["ns"]["coll"])] = ev["collectionUUID"]
+    return out
+
+
+def workload(client: pymongo.MongoClient, a: str, b: str, uuids: Uuids) -> list[Op]:
+    """Write to databases a and b; return every event a whole-deployment stream sees.
+
+    ``uuids`` gets the collectionUUID of each collection created (from listCollections).
+    """
     da, db = client[a], client[b]
-    da.x.insert_one({"_id": 1})
+    da.x.insert_one({"_id": 1})  # each first insert creates its collection
     da.y.insert_one({"_id": 2})
     da.z.insert_one({"_id": 3})
     db.x.insert_one({"_id": 4})
     db.y.insert_one({"_id": 5})
+    for d in (da, db):
+        uuids.update({(d.name, info["name"]): info["info"]["uuid"] for info in d.list_collections()})
     da.x.rename("x_old")  # out of a collections=[x] scope
     da.y.rename("x")  # from excluded y into the scope
     da.x.update_one({"_id": 2}, {"$set": {"moved": True}})
@@ -76,7 +97,9 @@ def workload(client: pymongo.MongoClient, a: str, b: str) -> list[Op]:
     client.drop_database(b)
     client.drop_database(a)
     return [
-        ("insert", a, "x", None), ("insert", a, "y", None), ("insert", a, "z", None), ("insert", b, "x", None), ("insert", b, "y", None),
+        ("create", a, "x", None), ("insert", a, "x", None), ("create", a, "y", None), ("insert", a, "y", None),
+        ("create", a, "z", None), ("insert", a, "z", None), ("create", b, "x", None), ("insert", b, "x", None),
+        ("create", b, "y", None), ("insert", b, "y", None),
         ("rename", a, "x", "x_old"), ("rename", a, "y", "x"), ("update", a, "x", None),
         ("drop", a, "z", None), ("drop", b, "y", None),
         ("insert", a, "x", None), ("rename", a, "x_old", "y"), ("insert", a, "y", None),
@@ -100,10 +123,11 @@ def names(client: pymongo.MongoClient) -> Iterator[tuple[str, str]]:
 
 
 def run_scope(mongo_uri: str, client: pymongo.MongoClient, home: Path, names: tuple[str, str], keep: Callable[[Op], bool], *, only_ours: bool = False, invalidate: bool = False, **scope: Any) -> tuple[list[Op], list[Op]]:
-    """(what the WAL holds, what it should hold) for one scope."""
+    """(what the WAL holds, what it should hold) for one scope; the create events carry the created collections' uuids."""
     a, b = names
+    uuids: Uuids = {}
     with capturing(mongo_uri, home, **scope):
-        expected = expect(workload(client, a, b), keep, invalidate)
+        expected = expect(workload(client, a, b, uuids), keep, invalidate)
         deadline = time.monotonic() + WAIT
         while True:
             got = wal_ops(home)
@@ -114,6 +138,8 @@ def run_scope(mongo_uri: str, client: pymongo.MongoClient, home: Path, names: tu
             time.sleep(0.02)
     got = wal_ops(home)
     assert verify(home / "wal").ok
+    created = {key: uuid for key, uuid in wal_creates(home).items() if key[0] in names}
+    assert created == {(op[1], op[2]): uuids[(op[1], op[2])] for op in expected if op[0] == "create"}
     if only_ours:
         got = [op for op in got if op[1] in names]
     return canonical(got), expected

@@ -30,7 +30,7 @@ from bson.int64 import Int64
 from bson.raw_bson import RawBSONDocument
 
 from tests.helpers import in_background
-from walkit.capture import ChangeCapture
+from walkit.capture import DOCUMENT_CHANGES, ChangeCapture
 from walkit.clock import SimulatedClock
 from walkit.errors import ProviderError
 from walkit.home import Home
@@ -39,6 +39,7 @@ from walkit.quota import QuotaLedger
 from walkit.sandbox import Sandbox
 from walkit.snapshot import SnapshotInfo, take_snapshot
 from walkit.upload import Policy, UploadResult, quota_dir, upload
+from walkit.wal import read_records
 
 START = datetime(2025, 3, 3, tzinfo=UTC)  # a Monday, safely in the past
 BACKUP_HOUR = 23
@@ -120,7 +121,14 @@ class Site:
         self.ledger = QuotaLedger(quota_dir(self.home), clock=self.clock)
         self.rng = random.Random(seed)
         self.capture_options = {"fsync_interval": 0.02, "checkpoint_interval": 0.02, "initial_snapshot": False, **(capture or {})}
-        self.events = 0  # change events made so far: capture's seq must reach this
+        #: Change events made so far, capture's seq must reach exactly this: one per document change, and (MongoDB 6.0+,
+        #: showExpandedEvents) one ``create`` per collection a write creates, one ``drop`` per dropped collection.
+        self.events = 0
+        self.changes = 0  # document changes (insert, update, replace, delete) among them: what the workload's writes made
+        #: seq -> (operationType, namespace) of every other event the workload made (creates, drops)
+        self.ddl: dict[int, tuple[str, str]] = {}
+        self.existing: set[str] = set()  # namespaces that exist now (a first insert into any other creates it: a create event)
+        self.checked = 0  # the WAL's events up to this seq were checked against the model (wait_captured)
         self.recorded: list[tuple[datetime, State]] = []
         self.days: list[DayLog] = []
         self.backups: list[Backup] = []
@@ -170,6 +178,19 @@ class Site:
 
         wait_until(f"capture did not reach seq {self.events}", done)
         assert cap.writer is not None and cap.writer.next_seq - 1 == self.events, (cap.writer.next_seq - 1, self.events)
+        # and each event is the one the model expects at its seq: a create or drop exactly where the workload made it,
+        # a document change everywhere else (so no write was lost or doubled, and no DDL event is missing or extra)
+        got: dict[int, tuple[str, str]] = {}
+        for rec in read_records(self.home.wal_dir, from_seq=self.checked + 1):
+            seq = rec.seq
+            assert rec.kind == "e" and seq is not None, f"a {rec.kind!r} record at seq {seq}"
+            ev = rec.event()
+            got[seq] = (ev["operationType"], f"{ev['ns']['db']}.{ev['ns']['coll']}")
+        assert sorted(got) == list(range(self.checked + 1, self.events + 1))
+        ddl = {seq: what for seq, what in got.items() if what[0] not in DOCUMENT_CHANGES}
+        assert ddl == {seq: what for seq, what in self.ddl.items() if seq > self.checked}
+        assert self.events - len(self.ddl) == self.changes  # so the WAL holds exactly the workload's document changes
+        self.checked = self.events
 
     def close(self) -> None:
         try:
@@ -238,6 +259,26 @@ class Site:
     def _new_id(self) -> int:
         return next(self._ids)
 
+    def _ddl(self, op: str, ns: str) -> None:
+        """One event other than a document change: at the next seq."""
+        self.events += 1
+        self.ddl[self.events] = (op, ns)
+        if op == "create":
+            self.existing.add(ns)
+        elif op == "drop":
+            self.existing.discard(ns)
+
+    def _changed(self, n: int = 1) -> None:
+        """``n`` document changes."""
+        self.events += n
+        self.changes += n
+
+    def _insert(self, ns: str) -> None:
+        """The events of one insert into ``ns``: its ``create`` first when the insert creates the collection (MongoDB 6.0+)."""
+        if ns not in self.existing:
+            self._ddl("create", ns)
+        self._changed()
+
     def write(self) -> None:
         db = self.client[DB]
         rng = self.rng
@@ -250,7 +291,7 @@ class Site:
                 "since": self.clock.now(),
             })
             self.live["customers"].append(cid)
-            self.events += 1
+            self._insert(f"{DB}.customers")
         elif r < 0.36:
             oid = self._new_id()
             db.orders.insert_one({
@@ -258,39 +299,39 @@ class Site:
                 "total": Decimal128(Decimal(rng.randint(100, 99999)) / 100), "status": "open", "express": rng.random() < 0.2,
             })
             self.live["orders"].append(oid)
-            self.events += 1
+            self._insert(f"{DB}.orders")
         elif r < 0.44:
             eid = f"ev-{self._new_id():06d}"
             db.events.insert_one({"_id": eid, "kind": rng.choice(["click", "view", "cart"]), "at": self.clock.now(), "meta": {"n": rng.random()}})
             self.live["events"].append(eid)
-            self.events += 1
+            self._insert(f"{DB}.events")
         elif r < 0.50:
             self.client[AUDIT].log.insert_one({"_id": self._new_id(), "what": "login", "ok": rng.random() < 0.9, "at": self.clock.now()})
-            self.events += 1
+            self._insert(f"{AUDIT}.log")
         elif r < 0.60 and self.live["orders"]:
             res = db.orders.update_one({"_id": rng.choice(self.live["orders"])}, {"$inc": {"qty": rng.randint(1, 3)}})
-            self.events += res.modified_count
+            self._changed(res.modified_count)
         elif r < 0.68:
             res = db.customers.update_one(
                 {"_id": rng.choice(self.live["customers"])},
                 {"$set": {"addr.city": rng.choice(CITIES), "tier": rng.choice(["basic", "gold", "platinum"]), "seen": self.clock.now()}},
             )
-            self.events += res.modified_count
+            self._changed(res.modified_count)
         elif r < 0.74:
             field_name = rng.choice(["note", "seen", "addr.zip"])
             res = db.customers.update_one({"_id": rng.choice(self.live["customers"]), field_name: {"$exists": True}}, {"$unset": {field_name: ""}})
-            self.events += res.modified_count
+            self._changed(res.modified_count)
         elif r < 0.84 and self.live["orders"]:
             res = db.orders.update_one(
                 {"_id": rng.choice(self.live["orders"])},
                 {"$push": {"items": {"sku": f"S-{rng.randint(1, 50)}", "n": rng.randint(1, 3)}}, "$set": {"status": "filled"}},
             )
-            self.events += res.modified_count
+            self._changed(res.modified_count)
         elif r < 0.94:
             coll = rng.choice(["orders", "events", "customers"] if len(self.live["customers"]) > 3 else ["orders", "events"])
             if self.live[coll]:
                 victim = self.live[coll].pop(rng.randrange(len(self.live[coll])))
-                self.events += db[coll].delete_one({"_id": victim}).deleted_count
+                self._changed(db[coll].delete_one({"_id": victim}).deleted_count)
             else:
                 self.write()
         else:
@@ -299,8 +340,11 @@ class Site:
     def transaction(self) -> None:
         """An order and the customer's counter, in one transaction (one clusterTime)."""
         db = self.client[DB]
-        if "orders" not in db.list_collection_names():
+        exists = "orders" in db.list_collection_names()
+        assert exists == (f"{DB}.orders" in self.existing)
+        if not exists:  # made before the transaction (as always): its own create event, ahead of the transaction's two
             db.create_collection("orders")
+            self._ddl("create", f"{DB}.orders")
         oid, cid = self._new_id(), self.rng.choice(self.live["customers"])
 
         def body(session: Any) -> None:
@@ -310,15 +354,17 @@ class Site:
         with self.client.start_session() as session:
             session.with_transaction(body)
         self.live["orders"].append(oid)
-        self.events += 2
+        self._changed(2)
 
     def drop_events(self) -> None:
-        """Drop the events collection (one event); later inserts create it again."""
+        """Drop the events collection (one drop event); a later insert creates it again (a create event)."""
         db = self.client[DB]
         existed = "events" in db.list_collection_names()
+        assert existed == (f"{DB}.events" in self.existing)
         db.events.drop()
         self.live["events"].clear()
-        self.events += 1 if existed else 0
+        if existed:
+            self._ddl("drop", f"{DB}.events")
 
     # -- the day's call ----------------------------------------------------------------
     def backup(self, day: int, policy: Policy | None = None, *, wait: bool = True, recipients: Any = ()) -> Backup:

@@ -44,7 +44,7 @@ class Month:
     site: Site
     calls_per_day: list[int]
     ledger_calls: list[Call]
-    events_by_backup: list[int]  # change events made before each day's backup
+    events_by_backup: list[int]  # change events (creates and drops included) made before each day's backup
 
 
 @pytest.fixture(scope="module")

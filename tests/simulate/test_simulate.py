@@ -7,19 +7,33 @@ from datetime import timedelta
 import pandas as pd
 import pytest
 
+from walkit import ChangeEvent, read_records
 from walkit.errors import ConfigError
 from walkit.simulate import compare_policies, simulate
 
+DOCUMENT_CHANGES = ("insert", "update", "replace", "delete")
+
 
 @pytest.fixture(scope="module")
-def run() -> object:
-    # seed 7 with a 40 % failure rate fails some of the six days' calls
-    return simulate(days=6, writes_per_day=300, failure_rate=0.4, seed=7, verify_restores=4)
+def run(tmp_path_factory: pytest.TempPathFactory) -> object:
+    # seed 7 with a 40 % failure rate fails some of the six days' calls; the home is kept to read its WAL
+    return simulate(days=6, writes_per_day=300, failure_rate=0.4, seed=7, verify_restores=4, keep=True, workdir=tmp_path_factory.mktemp("sim"))
 
 
 def test_every_write_is_captured_and_one_call_is_made_per_day(run) -> None:
     assert run.summary["writes"] == len(run.events) == 6 * 300
-    assert run.summary["events_captured"] == len(run.events)
+    assert run.summary["changes_captured"] == len(run.events)  # one document change per write
+    # Besides them the WAL holds one schema event per collection the writes created (MongoDB 6.0+ streams show
+    # the implicit create): its create, just before the event of the write that created it; nothing else.
+    wal = [ChangeEvent.from_record(r) for r in read_records(run.home / "wal")]
+    assert {e.operation for e in wal} <= {*DOCUMENT_CHANGES, "create"}, {e.operation for e in wal}
+    assert sum(e.operation in DOCUMENT_CHANGES for e in wal) == len(run.events)
+    creates = [i for i, e in enumerate(wal) if e.operation == "create"]
+    assert sorted(wal[i].coll for i in creates) == sorted(set(run.events["collection"])), [wal[i].coll for i in creates]
+    for i in creates:
+        assert all(e.coll != wal[i].coll for e in wal[:i]), f"an event on {wal[i].coll} before its create"
+        assert (wal[i + 1].operation, wal[i + 1].coll) == ("insert", wal[i].coll), f"the create of {wal[i].coll} is not just before its first insert"
+    assert run.summary["events_captured"] == len(wal) == len(run.events) + len(creates)
     assert list(run.uploads["day"]) == list(range(6))
     gaps = run.uploads["time"].diff().dropna()
     assert (gaps >= timedelta(hours=24)).all()

@@ -27,7 +27,7 @@ from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
 
 from tests.helpers import in_background
-from walkit.capture import ChangeCapture
+from walkit.capture import DOCUMENT_CHANGES, ChangeCapture
 from walkit.clock import SimulatedClock
 from walkit.home import Home
 from walkit.offsite import restore_from_external
@@ -38,6 +38,7 @@ from walkit.restore import state_at
 from walkit.sandbox import Sandbox
 from walkit.snapshot import SnapshotInfo, take_snapshot
 from walkit.upload import UploadResult, bundles_dir, quota_dir, upload
+from walkit.wal import read_records
 
 T0 = datetime(2025, 6, 10, 6, 0, tzinfo=UTC)
 DAY = timedelta(hours=24)
@@ -60,8 +61,12 @@ class World:
     home: Home
     mock: MockExternalBackupProvider
     ledger: QuotaLedger
-    events: int = 0  # change events written (so far all captured)
+    #: Change events made (so far all captured): the document changes, and (MongoDB 6.0+, showExpandedEvents) the
+    #: ``create`` event of the first write, which creates the collection.  The WAL's seqs run 1..events.
+    events: int = 0
+    changes: int = 0  # document changes among them (insert, update): what the writes made
     docs: int = 0
+    checked: int = 0  # the WAL's events up to this seq were checked (wait_durable)
     _capture: tuple[ChangeCapture, Any, list[BaseException]] | None = field(default=None, repr=False)
 
     # -- capture ------------------------------------------------------------------------
@@ -101,6 +106,12 @@ class World:
             assert not failures, failures
             assert time.monotonic() < deadline, f"capture fsynced {cap.writer and cap.writer.durable_seq} of {self.events} events"
             time.sleep(0.005)
+        assert cap.writer.next_seq - 1 == self.events, (cap.writer.next_seq - 1, self.events)  # and no more than those
+        # each one what the writes made: seq 1 the collection's create, every other one a document change
+        got = [(r.seq, r.event()["operationType"]) for r in read_records(self.home.wal_dir, from_seq=self.checked + 1)]
+        expected = [(seq, "create" if seq == 1 else "change") for seq in range(self.checked + 1, self.events + 1)]
+        assert [(seq, op if op not in DOCUMENT_CHANGES else "change") for seq, op in got] == expected
+        self.checked = self.events
 
     # -- the workload ----------------------------------------------------------------------
     def write(self, n: int = 2, minutes: float = 1.0, marker: str = "") -> datetime:
@@ -108,11 +119,15 @@ class World:
         when = self.clock.advance(minutes=minutes)
         coll = self.client[DB].orders
         new = [{"_id": self.docs + i, "n": self.docs + i, "note": f"order {self.docs + i} {marker}"} for i in range(1, n + 1)]
+        if not self.docs:
+            self.events += 1  # the first insert creates the collection: a create event comes before its inserts
         coll.insert_many(new)
         self.events += n
+        self.changes += n
         if self.docs:
             coll.update_one({"_id": self.docs}, {"$inc": {"n": 100}, "$set": {"touched": when}})
             self.events += 1
+            self.changes += 1
         self.docs += n
         self.wait_durable()
         return when

@@ -77,7 +77,8 @@ def test_one_call_per_window_is_refused_before_anything_is_built(tmp_path: Path,
         first = w.upload(policy=Policy(snapshot_every_days=1))
         assert first.ref and first.skipped is None and first.bundle is not None
         meta = first.bundle.metadata()
-        assert meta["index"] == 1 and meta["first_seq"] == 1 and meta["last_seq"] == w.events == 6 and meta["prev"] == ""
+        assert (w.events, w.changes) == (7, 6)  # shop.orders' create event, then 3 + 2 inserts and an update
+        assert meta["index"] == 1 and meta["first_seq"] == 1 and meta["last_seq"] == w.events and meta["prev"] == ""
         assert meta["snapshot"]["id"] == snap.id and not meta["encrypted"]
         (stored,) = w.mock.list()
         assert stored.ref == first.ref and stored.metadata["id"] == meta["id"] and stored.size == meta["size"]

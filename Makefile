@@ -16,7 +16,7 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 demo: $(BIN)/.installed
-	$(BIN)/python -m walkit.story --out build
+	$(BIN)/python -m walkit.lab.story --out build
 
 lab: $(BIN)/.installed
 	$(BIN)/jupyter lab notebooks/

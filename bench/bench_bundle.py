@@ -33,15 +33,15 @@ from bench_restore import BATCH, EPOCH, make_docs  # the sibling scripts: bench/
 from bench_wal import best, make_events
 
 from walkit import __version__
-from walkit.bundle import LEVEL, build_bundle
 from walkit.home import Home
-from walkit.offsite import restore_from_external
-from walkit.plan import Target
+from walkit.offsite.bundle import LEVEL, build_bundle
+from walkit.offsite.external import restore_from_external
 from walkit.providers import FileSystemBackupProvider
-from walkit.restore import restore
-from walkit.snapshot import list_snapshots
-from walkit.wal import list_segments
-from walkit.walwriter import WALWriter, raw_event
+from walkit.restore.local import restore
+from walkit.restore.plan import Target
+from walkit.restore.snapshot import list_snapshots
+from walkit.wal.format import list_segments
+from walkit.wal.writer import WALWriter, raw_event
 
 Row = tuple[str, float, float]  # name, seconds, ratio to baseline
 

@@ -64,15 +64,15 @@ from bson.timestamp import Timestamp
 from pymongo import UpdateOne
 
 from walkit import __version__
-from walkit.capture import ChangeCapture
 from walkit.home import Home
-from walkit.plan import Target
-from walkit.replay import DOC, MemoryState
-from walkit.restore import prepare_restore, restore, state_at
+from walkit.restore.local import prepare_restore, restore, state_at
+from walkit.restore.plan import Target
+from walkit.restore.replay import DOC, MemoryState
+from walkit.restore.snapshot import iter_documents, list_snapshots, take_snapshot
 from walkit.sandbox import SandboxProcess
-from walkit.snapshot import iter_documents, list_snapshots, take_snapshot
-from walkit.wal import read_records
-from walkit.walwriter import WALWriter, raw_event
+from walkit.wal.capture import ChangeCapture
+from walkit.wal.format import read_records
+from walkit.wal.writer import WALWriter, raw_event
 
 EPOCH = datetime(2024, 5, 1, tzinfo=UTC)
 RAW = CodecOptions(document_class=RawBSONDocument, tz_aware=True)
@@ -372,7 +372,7 @@ def peak_rss_kb() -> int:
 
 def child_restore(spec: dict[str, Any]) -> None:
     """Run in a fresh process: one restore, then print its timings and peak RSS as JSON."""
-    restore_module = importlib.import_module("walkit.restore")  # the module: walkit.restore is also the function
+    restore_module = importlib.import_module("walkit.restore.local")  # the module: walkit.restore.local is also the function
 
     planning = [0.0]
     prepare = restore_module.prepare_restore

@@ -64,10 +64,10 @@ from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
 
 import walkit
-from walkit.capture import ChangeCapture
 from walkit.home import Home
 from walkit.sandbox import Sandbox
-from walkit.wal import read_records
+from walkit.wal.capture import ChangeCapture
+from walkit.wal.format import read_records
 
 RAW = CodecOptions(document_class=RawBSONDocument, tz_aware=True)
 DB, COLL = "bench", "big"

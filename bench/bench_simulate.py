@@ -19,7 +19,7 @@ import argparse
 import os
 import time
 
-from walkit.simulate import simulate
+from walkit.lab.simulate import simulate
 
 
 def main() -> None:

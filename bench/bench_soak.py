@@ -3,7 +3,7 @@
 Three processes, as in a real deployment: the sandbox (``walkit sandbox``), a writer
 (this script in ``writer`` mode: inserts, updates and deletes at ``--rate`` per second,
 each acknowledged write logged to a file), and this process, which runs
-:class:`walkit.service.BackupService` with a :class:`SimulatedClock` advanced
+:class:`walkit.service.worker.BackupService` with a :class:`SimulatedClock` advanced
 ``--speed`` simulated seconds per real second (default 3600: an hour a second, a day
 in 24 s; it starts at the real time, the daily call at the next whole hour), so local
 snapshots (every 6 h), the daily call (mock service, 5 % failures, seeded so that the second call
@@ -245,7 +245,7 @@ def soak(
     stopped cleanly before it returns."""
     from walkit.clock import SimulatedClock
     from walkit.providers.mock import MockExternalBackupProvider
-    from walkit.service import BackupService
+    from walkit.service.worker import BackupService
 
     base = baseline(uri, "soak_baseline", rate, baseline_seconds, tmp) if baseline_seconds > 0 else None
     if progress and base:
@@ -369,10 +369,10 @@ class Check:
 
 
 def offsite_records(mock_dir: Path, scratch: Path) -> list[Any]:
-    from walkit.bundle import unpack_bundle
     from walkit.clock import SimulatedClock
+    from walkit.offsite.bundle import unpack_bundle
     from walkit.providers.mock import MockExternalBackupProvider
-    from walkit.wal import read_records
+    from walkit.wal.format import read_records
 
     scratch.mkdir(parents=True, exist_ok=True)
     service = MockExternalBackupProvider(latency_ms=0, failure_rate=0, state_dir=mock_dir, clock=SimulatedClock())
@@ -391,10 +391,10 @@ def offsite_records(mock_dir: Path, scratch: Path) -> list[Any]:
 def check(result: SoakResult, scratch: Path) -> Check:
     from walkit.clock import SimulatedClock
     from walkit.home import Home
+    from walkit.offsite.quota import QuotaLedger
+    from walkit.offsite.upload import quota_dir
     from walkit.providers.mock import MockExternalBackupProvider
-    from walkit.quota import QuotaLedger
-    from walkit.upload import quota_dir
-    from walkit.wal import list_segments, read_records
+    from walkit.wal.format import list_segments, read_records
 
     local = list(read_records(result.home / "wal"))
     by_seq: dict[int, Any] = {}

@@ -8,7 +8,7 @@
     has been decoded once, as pymongo's ChangeStream hands them to capture
     (it reads every event's ``_id``); the row "not yet inflated" shows what
     that first decode costs on top.
-(b) Read-back: ``walkit.wal.read_records`` over that WAL (sealed ``.zst``
+(b) Read-back: ``walkit.wal.format.read_records`` over that WAL (sealed ``.zst``
     segments and the open one).  Baseline: ``bson.decode_file_iter`` over a
     plain file of the same events.
 (c) Capture lag: ``ChangeCapture`` against a sandbox in a child process
@@ -47,11 +47,11 @@ from bson.objectid import ObjectId
 from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 
-from walkit.capture import ChangeCapture
 from walkit.home import Home
 from walkit.sandbox import SandboxProcess
-from walkit.wal import read_records
-from walkit.walwriter import WALWriter, raw_event
+from walkit.wal.capture import ChangeCapture
+from walkit.wal.format import read_records
+from walkit.wal.writer import WALWriter, raw_event
 
 EPOCH = datetime(2024, 5, 1, tzinfo=UTC)
 DECODE = CodecOptions(tz_aware=True)

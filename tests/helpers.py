@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from walkit import replay
-from walkit.capture import ChangeCapture
 from walkit.home import Home
+from walkit.wal.capture import ChangeCapture
 
 
 def take(stream: Any, n: int, timeout: float = 10.0) -> list[dict[str, Any]]:

@@ -27,11 +27,11 @@ from bson import Decimal128, Int64, ObjectId, Timestamp, json_util
 from bson.json_util import CANONICAL_JSON_OPTIONS
 
 from tests.helpers import in_background
-from walkit.capture import ChangeCapture
 from walkit.cli import main
 from walkit.home import Home
-from walkit.wal import list_segments, read_records
-from walkit.walwriter import WALWriter, raw_event
+from walkit.wal.capture import ChangeCapture
+from walkit.wal.format import list_segments, read_records
+from walkit.wal.writer import WALWriter, raw_event
 
 WAIT = 20.0
 READ = CANONICAL_JSON_OPTIONS.with_options(tz_aware=True, tzinfo=UTC)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import one_error_line, walkit
-from walkit.config import SETTINGS, load_config
 from walkit.errors import ConfigError
+from walkit.service.config import SETTINGS, load_config
 
 
 def test_defaults_are_the_original_services() -> None:

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from walkit.logs import setup_logging
+from walkit.service.logs import setup_logging
 
 
 @pytest.fixture(autouse=True)

@@ -10,13 +10,9 @@ __version__ = "0.1.0"
 
 from typing import TYPE_CHECKING
 
-from .api import ApiContext, ApiServer, create_app
-from .bundle import Bundle, Position, build_bundle, unpack_bundle, verify_bundle
-from .capture import CaptureStats, ChangeCapture
-from .clock import Clock, SimulatedClock, SystemClock
-from .compat import BackgroundCapture, create_wal_writer
-from .config import Config, load_config
-from .errors import (
+from walkit.clock import Clock, SimulatedClock, SystemClock
+from walkit.compat import BackgroundCapture, create_wal_writer
+from walkit.errors import (
     BundleError,
     ConfigError,
     NotAReplicaSetError,
@@ -35,27 +31,31 @@ from .errors import (
     WalkitError,
     WALLockedError,
 )
-from .events import ChangeEvent
-from .home import Home
-from .mongo import connect, describe_error, require_replica_set
-from .offsite import OffsitePlan, plan_external, restore_from_external
-from .plan import RestorePlan, Target, plan_restore
-from .providers import (
+from walkit.home import Home
+from walkit.mongo import connect, describe_error, require_replica_set
+from walkit.offsite.bundle import Bundle, Position, build_bundle, unpack_bundle, verify_bundle
+from walkit.offsite.external import OffsitePlan, plan_external, restore_from_external
+from walkit.offsite.quota import QuotaLedger
+from walkit.offsite.retention import PruneReport, prune
+from walkit.offsite.status import status as backup_status
+from walkit.offsite.upload import Policy, UploadResult, upload
+from walkit.providers import (
     ExternalBackupProvider,
     FileSystemBackupProvider,
     MockExternalBackupProvider,
     ObjectStoreBackupProvider,
     make_provider,
 )
-from .quota import QuotaLedger
-from .restore import RestoreResult, metadata_at, restore, state_at
-from .retention import PruneReport, prune
-from .service import BackupService, create_backup_service
-from .snapshot import SnapshotInfo, list_snapshots, take_snapshot
-from .status import status as backup_status
-from .upload import Policy, UploadResult, upload
-from .wal import Report, read_records, verify
-from .walwriter import WALWriter
+from walkit.restore.local import RestoreResult, metadata_at, restore, state_at
+from walkit.restore.plan import RestorePlan, Target, plan_restore
+from walkit.restore.snapshot import SnapshotInfo, list_snapshots, take_snapshot
+from walkit.service.api import ApiContext, ApiServer, create_app
+from walkit.service.config import Config, load_config
+from walkit.service.worker import BackupService, create_backup_service
+from walkit.wal.capture import CaptureStats, ChangeCapture
+from walkit.wal.events import ChangeEvent
+from walkit.wal.format import Report, read_records, verify
+from walkit.wal.writer import WALWriter
 
 __all__ = [
     "__version__",
@@ -133,7 +133,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from . import sandbox
+    from walkit import sandbox
 
 
 def __getattr__(name: str) -> object:

@@ -14,8 +14,8 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from .capture import CaptureStats, ChangeCapture
-from .errors import ConfigError
+from walkit.errors import ConfigError
+from walkit.wal.capture import CaptureStats, ChangeCapture
 
 __all__ = ["create_wal_writer", "BackgroundCapture"]
 

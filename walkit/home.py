@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from types import TracebackType
 
-from .errors import ConfigError, WALLockedError
+from walkit.errors import ConfigError, WALLockedError
 
 __all__ = ["Home", "default_home"]
 

@@ -13,7 +13,7 @@ import pymongo
 import pymongo.uri_parser
 from pymongo import errors as pm
 
-from .errors import ConfigError, NotAReplicaSetError
+from walkit.errors import ConfigError, NotAReplicaSetError
 
 STANDALONE_FIX = (
     "change streams need a replica set: restart mongod with --replSet rs0 "

@@ -3,7 +3,7 @@
 :func:`make_api` builds an :class:`ApiContext` over a fresh home, its quota ledger and a
 :class:`MockExternalBackupProvider` in a temporary folder (no latency, no random failures),
 whose snapshot action scans one database of the session's MongoDB (``mongo_uri``) and whose
-trigger is :func:`walkit.upload.upload`.  It serves it with :class:`ApiServer` on port 0 and
+trigger is :func:`walkit.offsite.upload.upload`.  It serves it with :class:`ApiServer` on port 0 and
 returns an :class:`Api` with an httpx client.  ``calls`` counts how often the actions ran.
 """
 
@@ -19,12 +19,12 @@ import pymongo
 import pytest
 
 from tests.helpers import unique
-from walkit.api import ApiContext, ApiServer
 from walkit.home import Home
+from walkit.offsite.quota import QuotaLedger
+from walkit.offsite.upload import UploadResult, quota_dir, upload
 from walkit.providers.mock import MockExternalBackupProvider
-from walkit.quota import QuotaLedger
-from walkit.snapshot import SnapshotInfo, take_snapshot
-from walkit.upload import UploadResult, quota_dir, upload
+from walkit.restore.snapshot import SnapshotInfo, take_snapshot
+from walkit.service.api import ApiContext, ApiServer
 
 TOKEN = "s3cret-token-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -11,7 +11,7 @@ from datetime import datetime
 import pytest
 
 from walkit.errors import ConfigError, WalkitError
-from walkit.upload import UploadResult
+from walkit.offsite.upload import UploadResult
 
 from .conftest import AUTH, DOCS, TOKEN, Api
 

@@ -16,7 +16,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from walkit.api import create_app, openapi_document
+from walkit.service.api import create_app, openapi_document
 
 from .conftest import AUTH, build_context
 

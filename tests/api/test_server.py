@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from walkit.api import ApiServer
 from walkit.errors import ConfigError
+from walkit.service.api import ApiServer
 
 from .conftest import Api, build_context
 
@@ -94,9 +94,9 @@ SERVE = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from walkit.api import ApiContext, serve
+    from walkit.service.api import ApiContext, serve
     from walkit.home import Home
-    from walkit.quota import QuotaLedger
+    from walkit.offsite.quota import QuotaLedger
 
     home = Home(Path(sys.argv[1])).create()
     ctx = ApiContext(home, QuotaLedger(home.path / "quota"), token=None, snapshot=None, trigger=lambda: None)
@@ -133,10 +133,10 @@ NO_EXTRA = textwrap.dedent(
             if name.split(".")[0] in ("starlette", "uvicorn"):
                 raise ImportError(f"No module named {name!r}")
     sys.meta_path.insert(0, Block())
-    import walkit, walkit.api
+    import walkit, walkit.service.api
     from walkit.errors import ConfigError
     try:
-        walkit.api.create_app(None)
+        walkit.service.api.create_app(None)
     except ConfigError as exc:
         print(exc)
     print("starlette" in sys.modules)

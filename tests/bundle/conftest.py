@@ -33,10 +33,10 @@ from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 
 from tests.helpers import capturing, unique
-from walkit.bundle import Bundle, build_bundle, manifest_digest
 from walkit.home import Home
-from walkit.snapshot import SnapshotInfo, take_snapshot
-from walkit.wal import read_records
+from walkit.offsite.bundle import Bundle, build_bundle, manifest_digest
+from walkit.restore.snapshot import SnapshotInfo, take_snapshot
+from walkit.wal.format import read_records
 
 RAW = CodecOptions(document_class=RawBSONDocument, tz_aware=True)
 WAIT = 20.0
@@ -282,7 +282,7 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 def synthetic_event(i: int) -> RawBSONDocument:
     """An insert event of about 1 KB with a unique resume token and clusterTime."""
-    from walkit.walwriter import raw_event
+    from walkit.wal.writer import raw_event
 
     return raw_event({
         "_id": {"_data": f"82{i:014X}"},
@@ -311,7 +311,7 @@ class Synthetic:
 @pytest.fixture(scope="session")
 def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Synthetic:
     from walkit.clock import SimulatedClock
-    from walkit.walwriter import WALWriter
+    from walkit.wal.writer import WALWriter
 
     root = tmp_path_factory.mktemp("synthetic")
     home = Home(root / "home").create()

@@ -36,8 +36,8 @@ from tests.bundle.conftest import (
     tar_members,
     write_age_key,
 )
-from walkit.bundle import AGE_MAGIC, Bundle, load_identities, unpack_bundle, verify_bundle
 from walkit.errors import BundleError
+from walkit.offsite.bundle import AGE_MAGIC, Bundle, load_identities, unpack_bundle, verify_bundle
 
 WAL_MEMBER = "wal/seg-00000001.wal.zst"
 

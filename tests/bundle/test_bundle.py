@@ -3,7 +3,7 @@
 - The WAL segment in a bundle is the local WAL's slice after the previous bundle,
   record for record (the same bytes), framed as a sealed segment whose header names
   the previous bundle's seal; bundles unpacked side by side form a WAL that
-  ``walkit.wal.verify`` accepts.
+  ``walkit.wal.format.verify`` accepts.
 - The snapshot comes back byte-identical, and a state replayed from unpacked bundles
   equals the local one and the server's, whatever the BSON types.
 - A bundle with nothing new is empty and still continues the chain.
@@ -41,7 +41,9 @@ from tests.bundle.conftest import (
     write_age_key,
 )
 from tests.helpers import unique
-from walkit.bundle import (
+from walkit.errors import BundleError, ConfigError
+from walkit.home import Home
+from walkit.offsite.bundle import (
     AGE_MAGIC,
     Bundle,
     Position,
@@ -52,13 +54,11 @@ from walkit.bundle import (
     unpack_bundle,
     verify_bundle,
 )
-from walkit.dumpnames import dump_stem
-from walkit.errors import BundleError, ConfigError
-from walkit.home import Home
-from walkit.plan import Target
-from walkit.restore import state_at
-from walkit.snapshot import take_snapshot
-from walkit.wal import FRAME, Record, Segment, list_segments, read_records, verify
+from walkit.restore.dumpnames import dump_stem
+from walkit.restore.local import state_at
+from walkit.restore.plan import Target
+from walkit.restore.snapshot import take_snapshot
+from walkit.wal.format import FRAME, Record, Segment, list_segments, read_records, verify
 
 
 def segment_records(folder: Path, bundle: Bundle) -> list[Record]:
@@ -358,7 +358,7 @@ LOCAL_DAMAGE: dict[str, tuple[int, Callable[[Path], None]]] = {
 @pytest.mark.parametrize("case", list(LOCAL_DAMAGE))
 def test_damage_in_the_local_wal_stops_the_build_naming_the_segment(synthetic: Synthetic, tmp_path: Path, case: str) -> None:
     """A damaged local segment must not become a bundle: BundleError naming that segment,
-    and nothing is written (walkit.wal.verify reports each of these as damage)."""
+    and nothing is written (walkit.wal.format.verify reports each of these as damage)."""
     home = synthetic.clone(tmp_path / "home")
     which, damage = LOCAL_DAMAGE[case]
     after = [seg for seg, first in first_seqs(home) if first > 101 and seg.sealed]

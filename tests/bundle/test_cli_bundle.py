@@ -17,7 +17,7 @@ import pytest
 
 from tests.bundle.conftest import B1_LAST, LAST, AgeKey, Scenario, copy_bundle, sha256_file, write_age_key
 from tests.helpers import one_error_line, walkit
-from walkit.bundle import AGE_MAGIC
+from walkit.offsite.bundle import AGE_MAGIC
 
 WAL_MEMBER = "wal/seg-00000001.wal.zst"
 ENV = ("WALKIT_AGE_RECIPIENT", "WALKIT_AGE_IDENTITY", "MONGODB_URI", "WALKIT_HOME", "WALKIT_SNAPSHOT_EVERY_DAYS")

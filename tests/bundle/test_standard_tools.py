@@ -16,8 +16,8 @@ import bson
 from bson.codec_options import CodecOptions
 
 from tests.bundle.conftest import LAST, AgeKey, Scenario, fancy_document, files_under
-from walkit.bundle import Bundle, build_bundle, load_identities, parse_recipients, verify_bundle
-from walkit.wal import Segment, read_records, verify
+from walkit.offsite.bundle import Bundle, build_bundle, load_identities, parse_recipients, verify_bundle
+from walkit.wal.format import Segment, read_records, verify
 
 WAL_MEMBER = "wal/seg-00000001.wal.zst"
 

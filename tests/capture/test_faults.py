@@ -42,7 +42,7 @@ from walkit import RestoreError, Target, list_snapshots, state_at
 from walkit.errors import WALCorruptError
 from walkit.home import Home
 from walkit.sandbox import Sandbox, SandboxProcess
-from walkit.wal import Record, read_records, verify
+from walkit.wal.format import Record, read_records, verify
 
 DB = "faults"
 PAD = "p" * 2500  # big enough that a few thousand events span several 1 MiB segments

@@ -39,8 +39,8 @@ from bson.json_util import CANONICAL_JSON_OPTIONS
 from bson.raw_bson import RawBSONDocument
 
 from tests.helpers import apply_update_description, capturing
-from walkit.events import ChangeEvent
-from walkit.wal import Record, read_records, verify
+from walkit.wal.events import ChangeEvent
+from walkit.wal.format import Record, read_records, verify
 
 #: Decoding that keeps every type as it was inserted (dates outside datetime's range too).
 KEEP = CodecOptions(tz_aware=True, tzinfo=UTC, datetime_conversion=DatetimeConversion.DATETIME_AUTO)

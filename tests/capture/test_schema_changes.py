@@ -19,7 +19,7 @@ from tests.helpers import capturing, unique
 from walkit import Target, metadata_at, state_at, take_snapshot
 from walkit import capture as capture_module
 from walkit.home import Home
-from walkit.wal import read_records
+from walkit.wal.format import read_records
 
 
 def _ours(home: Path, db: str) -> list[dict[str, Any]]:

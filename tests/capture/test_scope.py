@@ -31,7 +31,7 @@ import pymongo
 import pytest
 
 from tests.helpers import capturing
-from walkit.wal import read_records, verify
+from walkit.wal.format import read_records, verify
 
 WAIT = 20.0
 Op = tuple[str, "str | None", "str | None", "str | None"]  # operationType, db, coll, rename target

@@ -22,7 +22,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from walkit.story import error_outputs, summaries
+from walkit.lab.story import error_outputs, summaries
 
 ROOT = Path(__file__).resolve().parents[2]
 COPY = ("pyproject.toml", "README.md", "walkit", "notebooks", "binder")

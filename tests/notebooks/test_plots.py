@@ -1,4 +1,4 @@
-"""walkit.plots: each chart on small hand-made DataFrames of simulate()'s documented shape, then on a real small run."""
+"""walkit.lab.plots: each chart on small hand-made DataFrames of simulate()'s documented shape, then on a real small run."""
 
 from __future__ import annotations
 
@@ -92,7 +92,7 @@ def lines(ax) -> list:  # type: ignore[no-untyped-def]
 
 
 def test_importing_plots_does_not_import_matplotlib() -> None:
-    code = "import sys, walkit.plots; assert 'matplotlib' not in sys.modules, 'matplotlib imported eagerly'"
+    code = "import sys, walkit.lab.plots; assert 'matplotlib' not in sys.modules, 'matplotlib imported eagerly'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -225,7 +225,7 @@ def test_save_writes_a_png_creating_the_folder(tmp_path: Path) -> None:
 # -- a real run ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def result(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    from walkit.simulate import simulate
+    from walkit.lab.simulate import simulate
     return simulate(days=3, writes_per_day=50, failure_rate=0.0, seed=0, workdir=tmp_path_factory.mktemp("sim"))
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from tests.helpers import capturing, unique
 from walkit import Home, RestoreError, SnapshotInfo, Target, WalkitError, restore, take_snapshot
-from walkit.widgets import DIFF_COLUMNS, EVENT_COLUMNS, Explorer, ExplorerController, explorer_view
+from walkit.lab.widgets import DIFF_COLUMNS, EVENT_COLUMNS, Explorer, ExplorerController, explorer_view
 
 COUNTRIES = ["NL", "DE", "FR"]
 
@@ -312,8 +312,8 @@ def test_the_view_without_a_server_previews_but_does_not_restore(story: Story) -
 
 
 def test_schema_changes_read_as_what_they_did_in_the_events_table() -> None:
-    from walkit.events import ChangeEvent
-    from walkit.widgets import _summary
+    from walkit.lab.widgets import _summary
+    from walkit.wal.events import ChangeEvent
 
     def ddl(op: str, desc: dict[str, Any]) -> ChangeEvent:
         return ChangeEvent(seq=1, operation=op, cluster_time=None, wall_time=None, db="d", coll="c", operation_description=desc)

@@ -30,16 +30,16 @@ from bson.int64 import Int64
 from bson.raw_bson import RawBSONDocument
 
 from tests.helpers import in_background
-from walkit.capture import DOCUMENT_CHANGES, ChangeCapture
 from walkit.clock import SimulatedClock
 from walkit.errors import ProviderError
 from walkit.home import Home
+from walkit.offsite.quota import QuotaLedger
+from walkit.offsite.upload import Policy, UploadResult, quota_dir, upload
 from walkit.providers.mock import MockExternalBackupProvider
-from walkit.quota import QuotaLedger
+from walkit.restore.snapshot import SnapshotInfo, take_snapshot
 from walkit.sandbox import Sandbox
-from walkit.snapshot import SnapshotInfo, take_snapshot
-from walkit.upload import Policy, UploadResult, quota_dir, upload
-from walkit.wal import read_records
+from walkit.wal.capture import DOCUMENT_CHANGES, ChangeCapture
+from walkit.wal.format import read_records
 
 START = datetime(2025, 3, 3, tzinfo=UTC)  # a Monday, safely in the past
 BACKUP_HOUR = 23

@@ -36,16 +36,16 @@ import pytest
 import zstandard
 
 from tests.helpers import walkit
-from walkit.bundle import Position, build_bundle, load_identities
 from walkit.errors import ProviderError, RestoreError, WalkitError
-from walkit.offsite import OffsiteBundle, list_offsite, plan_external, resolve_chain, restore_from_external
-from walkit.plan import Target
+from walkit.offsite.bundle import Position, build_bundle, load_identities
+from walkit.offsite.external import OffsiteBundle, list_offsite, plan_external, resolve_chain, restore_from_external
+from walkit.offsite.upload import Policy, offsite_position
 from walkit.providers.base import ExternalBackupProvider, StoredBackup, UploadData
 from walkit.providers.filesystem import FileSystemBackupProvider
 from walkit.providers.mock import MockExternalBackupProvider
-from walkit.upload import Policy, offsite_position
-from walkit.wal import list_segments, read_records
-from walkit.walwriter import compress_segment
+from walkit.restore.plan import Target
+from walkit.wal.format import list_segments, read_records
+from walkit.wal.writer import compress_segment
 
 from .conftest import BACKUP_HOUR, START, Site, read_dump
 

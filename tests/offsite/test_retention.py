@@ -1,4 +1,4 @@
-"""Local retention (``walkit.retention.prune``) on twenty simulated days of a real site.
+"""Local retention (``walkit.offsite.retention.prune``) on twenty simulated days of a real site.
 
 Capture writes small segments (``segment_bytes=4096``: several seal every day); days 0..17
 are uploaded at 23:00 (each bundle with a snapshot), days 18 and 19 are not (a local
@@ -8,7 +8,7 @@ snapshot only).  ``prune(wal_days=7, snapshot_days=1)`` at day 19, 23:30 must:
   snapshot that is the newest, the base of the WAL window, or not yet restorable off-site;
 - leave every instant from ``now - wal_days`` on that was restorable locally restorable
   with the same state (what was removed is still restorable from the external service);
-- leave a WAL that ``walkit.wal.verify`` passes, on which capture restarts and appends
+- leave a WAL that ``walkit.wal.format.verify`` passes, on which capture restarts and appends
   with gap-free seqs, and from which the next upload continues the chain;
 - with ``dry_run`` remove nothing and name exactly what the real run removes.
 """
@@ -25,14 +25,14 @@ from pathlib import Path
 import pytest
 
 from walkit.home import Home
-from walkit.offsite import list_offsite, resolve_chain, restore_from_external
-from walkit.plan import Target
-from walkit.quota import QuotaLedger
-from walkit.restore import state_at
-from walkit.retention import PruneReport, prune
-from walkit.snapshot import list_snapshots
-from walkit.upload import offsite_position, quota_dir
-from walkit.wal import Report, SegmentSummary, list_segments, summarize, verify
+from walkit.offsite.external import list_offsite, resolve_chain, restore_from_external
+from walkit.offsite.quota import QuotaLedger
+from walkit.offsite.retention import PruneReport, prune
+from walkit.offsite.upload import offsite_position, quota_dir
+from walkit.restore.local import state_at
+from walkit.restore.plan import Target
+from walkit.restore.snapshot import list_snapshots
+from walkit.wal.format import Report, SegmentSummary, list_segments, summarize, verify
 
 from .conftest import BACKUP_HOUR, Site, read_dump
 

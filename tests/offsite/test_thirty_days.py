@@ -3,7 +3,7 @@
 Every day: 50-100 writes spread over the day (inserts, ``$inc``/``$set``/``$unset``/``$push``
 updates, deletes, now and then a transaction, a second database; on day 12 a collection
 is dropped and later re-created), the exact state recorded at a few instants, and at
-23:00 the day's one call (``walkit.upload.upload``) to the Valerix mock, which fails
+23:00 the day's one call (``walkit.offsite.upload.upload``) to the Valerix mock, which fails
 some calls (``failure_rate=0.05``; with seed 53 the draws fail calls 20 and 21, two days
 in a row).  The morning after the last upload brings changes no upload holds.
 
@@ -28,9 +28,9 @@ import bson
 import pytest
 
 from walkit.errors import ProviderError, RateLimitError, RestoreError
-from walkit.offsite import list_offsite, plan_external, resolve_chain, restore_from_external
-from walkit.plan import Target
-from walkit.quota import Call
+from walkit.offsite.external import list_offsite, plan_external, resolve_chain, restore_from_external
+from walkit.offsite.quota import Call
+from walkit.restore.plan import Target
 
 from .conftest import BACKUP_HOUR, RAW, Site, read_dump
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from walkit.bundle import sha256_file as sha256_of  # noqa: F401 - re-exported for the provider tests
+from walkit.offsite.bundle import sha256_file as sha256_of  # noqa: F401 - re-exported for the provider tests
 
 REPO = Path(__file__).resolve().parents[2]
 BIG = 20 * 1024 * 1024

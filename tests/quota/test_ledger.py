@@ -15,7 +15,7 @@ import pytest
 
 from walkit.clock import SimulatedClock
 from walkit.errors import ConfigError, QuotaError, QuotaExceededError
-from walkit.quota import QuotaLedger
+from walkit.offsite.quota import QuotaLedger
 
 T0 = datetime(2026, 3, 28, 21, 30, tzinfo=UTC)  # 22:30 in Zurich, the night before DST starts
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,7 +85,7 @@ HOLDER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from walkit.quota import QuotaLedger
+    from walkit.offsite.quota import QuotaLedger
     with QuotaLedger(Path(sys.argv[1])).spend({"bundle": "x"}) as call:
         print("calling", flush=True)
         time.sleep(60)

@@ -13,9 +13,9 @@ from bson.raw_bson import RawBSONDocument
 
 from tests.helpers import capturing
 from walkit import Target, list_snapshots, state_at, take_snapshot
-from walkit.capture import ChangeCapture
 from walkit.home import Home
-from walkit.wal import read_records
+from walkit.wal.capture import ChangeCapture
+from walkit.wal.format import read_records
 
 ROOT = Path(__file__).resolve().parents[2]
 

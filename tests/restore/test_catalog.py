@@ -10,8 +10,8 @@ import pytest
 from bson.binary import Binary
 from bson.raw_bson import RawBSONDocument
 
-from walkit.catalog import Catalog, CollectionMeta, clean_options
-from walkit.replay import DOC, MemoryState
+from walkit.restore.catalog import Catalog, CollectionMeta, clean_options
+from walkit.restore.replay import DOC, MemoryState
 
 NS = ("d", "c")
 UUID = Binary(b"\x11" * 16, 4)

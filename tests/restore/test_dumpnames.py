@@ -1,4 +1,4 @@
-"""walkit.dumpnames names dump files exactly as mongodump (Go's url.PathEscape + the 238-byte rule) does.
+"""walkit.restore.dumpnames names dump files exactly as mongodump (Go's url.PathEscape + the 238-byte rule) does.
 
 Expected values are derived by hand from Go's shouldEscape(c, encodePathSegment) and from
 mongodump/prepare.go, or computed in the test with hashlib/base64/urllib, never by the module.
@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from walkit import dumpnames
-from walkit.dumpnames import (
+from walkit.restore.dumpnames import (
     collection_from_stem,
     dump_stem,
     escape_collection_name,

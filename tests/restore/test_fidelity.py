@@ -45,13 +45,13 @@ from pymongo.errors import OperationFailure
 
 from tests.helpers import capturing, unique
 from walkit import RestoreError, SnapshotInfo, Target, restore, restore_from_external, state_at, take_snapshot
-from walkit.dumpnames import dump_stem
 from walkit.home import Home
+from walkit.lab.widgets import Explorer
+from walkit.offsite.quota import QuotaLedger
+from walkit.offsite.upload import Policy, quota_dir, upload
 from walkit.providers import FileSystemBackupProvider
-from walkit.quota import QuotaLedger
-from walkit.upload import Policy, quota_dir, upload
-from walkit.wal import read_records
-from walkit.widgets import Explorer
+from walkit.restore.dumpnames import dump_stem
+from walkit.wal.format import read_records
 
 RAW = CodecOptions(document_class=RawBSONDocument, tz_aware=True, datetime_conversion=DatetimeConversion.DATETIME_AUTO)
 DOC = CodecOptions(tz_aware=True, datetime_conversion=DatetimeConversion.DATETIME_AUTO)

@@ -31,9 +31,9 @@ from pymongo import errors as pm
 
 from tests.helpers import capturing
 from walkit import RestoreError, Target, metadata_at, state_at, take_snapshot
-from walkit.capture import ChangeCapture
 from walkit.home import Home
-from walkit.wal import read_records
+from walkit.wal.capture import ChangeCapture
+from walkit.wal.format import read_records
 
 EXAMPLES = int(os.environ.get("WALKIT_PROPERTY_EXAMPLES", "200"))
 RAW = CodecOptions(document_class=RawBSONDocument, tz_aware=True)

@@ -37,11 +37,11 @@ from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
 
 from tests.helpers import capturing, in_background, one_error_line, unique, walkit
-from walkit.capture import ChangeCapture
 from walkit.home import Home
-from walkit.snapshot import SnapshotInfo, take_snapshot
-from walkit.wal import read_records
-from walkit.walwriter import WALWriter
+from walkit.restore.snapshot import SnapshotInfo, take_snapshot
+from walkit.wal.capture import ChangeCapture
+from walkit.wal.format import read_records
+from walkit.wal.writer import WALWriter
 
 WAIT = 20.0
 RAW = CodecOptions(document_class=RawBSONDocument, tz_aware=True)

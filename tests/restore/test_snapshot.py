@@ -37,14 +37,14 @@ from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 from pymongo import errors as pm
 
-import walkit.snapshot as snapshot_module
 from tests.helpers import capturing, one_error_line, unique, walkit
 from walkit.errors import ConfigError, SnapshotError
 from walkit.home import Home
-from walkit.plan import Target
-from walkit.restore import restore
-from walkit.snapshot import list_snapshots, load_snapshot, take_snapshot
-from walkit.wal import read_records
+from walkit.restore import snapshot as snapshot_module
+from walkit.restore.local import restore
+from walkit.restore.plan import Target
+from walkit.restore.snapshot import list_snapshots, load_snapshot, take_snapshot
+from walkit.wal.format import read_records
 
 WAIT = 20.0
 RAW = CodecOptions(document_class=RawBSONDocument, tz_aware=True)

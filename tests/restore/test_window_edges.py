@@ -9,10 +9,10 @@ import pymongo
 
 from tests.helpers import capturing, unique
 from walkit.home import Home
-from walkit.plan import Target
-from walkit.restore import restore, state_at
-from walkit.snapshot import take_snapshot
-from walkit.wal import read_records
+from walkit.restore.local import restore, state_at
+from walkit.restore.plan import Target
+from walkit.restore.snapshot import take_snapshot
+from walkit.wal.format import read_records
 
 
 def test_the_instant_a_snapshot_is_consistent_from_restores_when_capture_started_after_it(mongo_uri: str, tmp_path: Path) -> None:

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pymongo
 
+from walkit.lab.simulate import simulate
 from walkit.sandbox.linked import LinkedSandboxProcess
-from walkit.simulate import simulate
 
 START = datetime(2026, 1, 5, tzinfo=UTC)
 
@@ -57,7 +57,7 @@ def test_simulate_gives_the_same_results_in_a_child_process() -> None:
 
 
 def test_a_deferred_clock_setting_runs_first_on_its_connection() -> None:
-    from walkit.workload import DATABASE, Pipe
+    from walkit.lab.workload import DATABASE, Pipe
 
     with LinkedSandboxProcess(START) as box:
         client: pymongo.MongoClient = pymongo.MongoClient(box.uri, tz_aware=True)
@@ -94,8 +94,8 @@ def test_a_capped_await_answers_an_idle_change_stream_sooner() -> None:
 def test_the_pipe_answers_in_order_and_raises_on_the_first_error() -> None:
     from pymongo.errors import BulkWriteError, OperationFailure
 
+    from walkit.lab.workload import DATABASE, Pipe
     from walkit.sandbox import Sandbox
-    from walkit.workload import DATABASE, Pipe
 
     with Sandbox(0) as box:
         pipe = Pipe(box.port)

@@ -12,7 +12,7 @@ import pytest
 
 from walkit.clock import SimulatedClock
 from walkit.providers.mock import MockExternalBackupProvider
-from walkit.service import BackupService
+from walkit.service.worker import BackupService
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 20.0, what: str = "the condition") -> Any:

@@ -52,19 +52,19 @@ import pytest
 from pymongo import errors as pm
 
 from tests.helpers import unique
-from walkit.bundle import unpack_bundle
 from walkit.clock import SimulatedClock
 from walkit.errors import WALCorruptError
 from walkit.home import Home
-from walkit.plan import Target
+from walkit.offsite.bundle import unpack_bundle
+from walkit.offsite.quota import QuotaLedger
+from walkit.offsite.upload import quota_dir
 from walkit.providers.mock import MockExternalBackupProvider
-from walkit.quota import QuotaLedger
-from walkit.restore import state_at
+from walkit.restore.local import state_at
+from walkit.restore.plan import Target
+from walkit.restore.snapshot import list_snapshots
 from walkit.sandbox import SandboxProcess
-from walkit.service import BackupService
-from walkit.snapshot import list_snapshots
-from walkit.upload import quota_dir
-from walkit.wal import Record, list_segments, read_records
+from walkit.service.worker import BackupService
+from walkit.wal.format import Record, list_segments, read_records
 
 CHILD = Path(__file__).with_name("worker_child.py")
 ROOT = Path(__file__).resolve().parents[2]

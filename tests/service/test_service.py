@@ -14,7 +14,7 @@ import pytest
 from tests.service.conftest import wait_for
 from walkit import list_snapshots, read_records
 from walkit.errors import ServerError, WALLockedError
-from walkit.service import BackupService, create_backup_service
+from walkit.service.worker import BackupService, create_backup_service
 
 
 def _spent(service: BackupService) -> list[Any]:

@@ -43,16 +43,16 @@ import pytest
 from bench.bench_soak import FLAT_FRACTION, FLAT_MIB, MiB, check, flatness, percentile, report, soak, warmup_samples
 from walkit.clock import SimulatedClock
 from walkit.home import Home
-from walkit.plan import Target
+from walkit.offsite.quota import QuotaLedger
+from walkit.offsite.retention import prune
+from walkit.offsite.upload import quota_dir
 from walkit.providers.mock import MockExternalBackupProvider
-from walkit.quota import QuotaLedger
-from walkit.restore import state_at
-from walkit.retention import prune
+from walkit.restore.local import state_at
+from walkit.restore.plan import Target
+from walkit.restore.snapshot import list_snapshots
 from walkit.sandbox import Sandbox, SandboxProcess
-from walkit.service import BackupService
-from walkit.snapshot import list_snapshots
-from walkit.upload import quota_dir
-from walkit.wal import list_segments
+from walkit.service.worker import BackupService
+from walkit.wal.format import list_segments
 
 pytestmark = pytest.mark.slow
 

@@ -2,7 +2,7 @@
 
     python worker_child.py --uri URI --home HOME --mock STATE --start ISO [--speed X] [options]
 
-Runs :class:`walkit.service.BackupService` against URI into HOME, with a
+Runs :class:`walkit.service.worker.BackupService` against URI into HOME, with a
 :class:`MockExternalBackupProvider` living in the folder STATE (no latency, no random
 failures: the test decides what fails) on a :class:`SimulatedClock` that starts at ISO and
 is advanced by a thread, ``--speed`` simulated seconds per real second.  SIGTERM or SIGINT
@@ -43,13 +43,13 @@ from typing import Any
 
 from walkit.clock import SimulatedClock
 from walkit.providers.mock import MockExternalBackupProvider
-from walkit.service import BackupService
+from walkit.service.worker import BackupService
 
 # the modules themselves (walkit re-exports functions of the same names as some of them)
-retention_module = importlib.import_module("walkit.retention")
-service_module = importlib.import_module("walkit.service")
-snapshot_module = importlib.import_module("walkit.snapshot")
-upload_module = importlib.import_module("walkit.upload")
+retention_module = importlib.import_module("walkit.offsite.retention")
+service_module = importlib.import_module("walkit.service.worker")
+snapshot_module = importlib.import_module("walkit.restore.snapshot")
+upload_module = importlib.import_module("walkit.offsite.upload")
 
 
 def say(*words: Any) -> None:

@@ -1,4 +1,4 @@
-"""walkit.simulate: many days through the real code, deterministic for a seed."""
+"""walkit.lab.simulate: many days through the real code, deterministic for a seed."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from walkit import ChangeEvent, read_records
 from walkit.errors import ConfigError
-from walkit.simulate import compare_policies, simulate
+from walkit.lab.simulate import compare_policies, simulate
 
 DOCUMENT_CHANGES = ("insert", "update", "replace", "delete")
 

@@ -27,18 +27,18 @@ from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
 
 from tests.helpers import in_background
-from walkit.capture import DOCUMENT_CHANGES, ChangeCapture
 from walkit.clock import SimulatedClock
 from walkit.home import Home
-from walkit.offsite import restore_from_external
-from walkit.plan import Target
+from walkit.offsite.external import restore_from_external
+from walkit.offsite.quota import QuotaLedger
+from walkit.offsite.upload import UploadResult, bundles_dir, quota_dir, upload
 from walkit.providers.mock import MockExternalBackupProvider
-from walkit.quota import QuotaLedger
-from walkit.restore import state_at
+from walkit.restore.local import state_at
+from walkit.restore.plan import Target
+from walkit.restore.snapshot import SnapshotInfo, take_snapshot
 from walkit.sandbox import Sandbox
-from walkit.snapshot import SnapshotInfo, take_snapshot
-from walkit.upload import UploadResult, bundles_dir, quota_dir, upload
-from walkit.wal import read_records
+from walkit.wal.capture import DOCUMENT_CHANGES, ChangeCapture
+from walkit.wal.format import read_records
 
 T0 = datetime(2025, 6, 10, 6, 0, tzinfo=UTC)
 DAY = timedelta(hours=24)

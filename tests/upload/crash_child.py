@@ -3,7 +3,7 @@
     python crash_child.py HOME MOCKSTATE STEP ISO_TIME
 
 Builds a SimulatedClock at ISO_TIME, the mock service living in MOCKSTATE, the home's
-quota ledger, and calls walkit.upload.upload with hooks that kill this very process
+quota ledger, and calls walkit.offsite.upload.upload with hooks that kill this very process
 (``os.kill(os.getpid(), signal.SIGKILL)``) at STEP:
 
 before_intent   in QuotaLedger._append, before the intent line is written
@@ -27,9 +27,9 @@ from typing import Any
 
 from walkit.clock import SimulatedClock
 from walkit.home import Home
+from walkit.offsite.quota import QuotaLedger
+from walkit.offsite.upload import quota_dir, upload
 from walkit.providers.mock import MockExternalBackupProvider
-from walkit.quota import QuotaLedger
-from walkit.upload import quota_dir, upload
 
 STEPS = ("before_intent", "after_intent", "mid_call", "after_call", "before_result")
 

@@ -36,16 +36,16 @@ import pymongo
 import pytest
 
 from tests.helpers import capturing, in_background, one_error_line, unique
-from walkit.capture import ChangeCapture
 from walkit.home import Home
-from walkit.plan import Target
+from walkit.offsite.quota import QuotaLedger
+from walkit.offsite.upload import quota_dir
 from walkit.providers.filesystem import FileSystemBackupProvider
 from walkit.providers.mock import MockExternalBackupProvider
-from walkit.quota import QuotaLedger
-from walkit.restore import state_at
-from walkit.snapshot import take_snapshot
-from walkit.upload import quota_dir
-from walkit.wal import read_records
+from walkit.restore.local import state_at
+from walkit.restore.plan import Target
+from walkit.restore.snapshot import take_snapshot
+from walkit.wal.capture import ChangeCapture
+from walkit.wal.format import read_records
 
 from .conftest import WAIT, dump_state
 

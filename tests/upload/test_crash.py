@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from walkit.errors import QuotaExceededError
-from walkit.offsite import list_offsite, resolve_chain
+from walkit.offsite.external import list_offsite, resolve_chain
 
 from .conftest import DAY, assert_service_rule, open_world
 from .crash_child import STEPS

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from tests.upload.conftest import open_world
-from walkit.offsite import restore_from_external
-from walkit.plan import Target
-from walkit.upload import Policy
+from walkit.offsite.external import restore_from_external
+from walkit.offsite.upload import Policy
+from walkit.restore.plan import Target
 
 
 class Pruned:

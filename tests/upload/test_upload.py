@@ -1,4 +1,4 @@
-"""The day's one call (walkit.upload.upload), through the Python API, on a simulated clock.
+"""The day's one call (walkit.offsite.upload.upload), through the Python API, on a simulated clock.
 
 Each test runs a private sandbox and a capture of it on one SimulatedClock, and uploads
 to a MockExternalBackupProvider (its own 24 h rate limit is the alarm for a second call).
@@ -32,7 +32,6 @@ from zoneinfo import ZoneInfo
 import pyrage
 import pytest
 
-from walkit.bundle import AGE_MAGIC, Position, build_bundle, load_identities, parse_recipients, verify_bundle
 from walkit.errors import (
     ProviderError,
     ProviderUnavailableError,
@@ -41,15 +40,16 @@ from walkit.errors import (
     RestoreError,
     StorageLimitError,
 )
-from walkit.offsite import list_offsite, plan_external, resolve_chain
-from walkit.plan import Target
-from walkit.quota import QuotaLedger
-from walkit.upload import Policy, bundles_dir, offsite_position, prepare_bundle, quota_dir
+from walkit.offsite.bundle import AGE_MAGIC, Position, build_bundle, load_identities, parse_recipients, verify_bundle
+from walkit.offsite.external import list_offsite, plan_external, resolve_chain
+from walkit.offsite.quota import QuotaLedger
+from walkit.offsite.upload import Policy, bundles_dir, offsite_position, prepare_bundle, quota_dir
+from walkit.restore.plan import Target
 
 from .conftest import DAY, Crash, World, assert_service_rule, open_world
 
 # the module, not the function walkit/__init__.py exports under the same name
-upload_module = importlib.import_module("walkit.upload")
+upload_module = importlib.import_module("walkit.offsite.upload")
 BUNDLE_NAME = re.compile(r"walkit-\d{8}T\d{6}Z-\d{6}-[0-9a-f]{6}\.tar(\.age)?")
 
 

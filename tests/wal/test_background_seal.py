@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-import walkit.walwriter as walwriter
-from walkit.wal import read_records, verify
+from walkit.wal import writer as walwriter
+from walkit.wal.format import read_records, verify
 
 from .test_writer import data_records, make_event, names, segment_bytes, write_events, writer
 
@@ -102,7 +102,7 @@ CHILD = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    import walkit.walwriter as walwriter
+    from walkit.wal import writer as walwriter
     from tests.wal.test_writer import make_event
 
     real = walwriter.compress_segment

@@ -8,9 +8,9 @@ from pathlib import Path
 import bson
 import pytest
 
-import walkit.wal as wal_module
-from walkit.wal import PLAIN, FrameError, iter_frames, read_records, verify
-from walkit.walwriter import WALWriter
+from walkit.wal import format as wal_module
+from walkit.wal.format import PLAIN, FrameError, iter_frames, read_records, verify
+from walkit.wal.writer import WALWriter
 
 from .test_writer import make_event, write_events, writer
 

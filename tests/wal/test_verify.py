@@ -16,8 +16,8 @@ import pytest
 import zstandard
 
 from walkit.errors import WALCorruptError
-from walkit.wal import FRAME, frame, iter_frames, verify
-from walkit.walwriter import WALWriter
+from walkit.wal.format import FRAME, frame, iter_frames, verify
+from walkit.wal.writer import WALWriter
 
 from .test_writer import all_records, data_records, file_hashes, names, segment_bytes, write_events, writer
 

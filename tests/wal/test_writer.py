@@ -31,8 +31,8 @@ from hypothesis import strategies as st
 from walkit.clock import SimulatedClock
 from walkit.errors import WALLockedError
 from walkit.home import Home
-from walkit.wal import FRAME, Record, iter_frames, list_segments, read_records, verify
-from walkit.walwriter import WALWriter, raw_event
+from walkit.wal.format import FRAME, Record, iter_frames, list_segments, read_records, verify
+from walkit.wal.writer import WALWriter, raw_event
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -571,7 +571,7 @@ def test_list_segments_prefers_the_sealed_copy(tmp_path: Path) -> None:
 
 
 def test_a_reader_follows_a_segment_sealed_under_it(tmp_path: Path) -> None:
-    from walkit.wal import Report, Segment, list_segments, summarize
+    from walkit.wal.format import Report, Segment, list_segments, summarize
 
     wal = tmp_path / "wal"
     w = writer(wal, segment_bytes=10_000)

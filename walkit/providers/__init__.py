@@ -20,12 +20,12 @@ import inspect
 import os
 from typing import Any
 
-from ..clock import Clock
-from ..errors import ConfigError
-from .base import ExternalBackupProvider, Limits, StoredBackup, UploadData, open_upload
-from .filesystem import FileSystemBackupProvider
-from .mock import OUTCOMES, MockExternalBackupProvider
-from .objectstore import ObjectStoreBackupProvider
+from walkit.clock import Clock
+from walkit.errors import ConfigError
+from walkit.providers.base import ExternalBackupProvider, Limits, StoredBackup, UploadData, open_upload
+from walkit.providers.filesystem import FileSystemBackupProvider
+from walkit.providers.mock import OUTCOMES, MockExternalBackupProvider
+from walkit.providers.objectstore import ObjectStoreBackupProvider
 
 __all__ = [
     "ExternalBackupProvider",

@@ -116,7 +116,7 @@ class ExternalBackupProvider(ABC):
 
 def check_download(where: str, record: dict[str, Any], size: int, sha256: str) -> None:
     """ProviderError unless the downloaded ``size`` and ``sha256`` are what ``record`` says was uploaded."""
-    from ..errors import ProviderError
+    from walkit.errors import ProviderError
 
     if size != record["size"] or sha256 != record["sha256"]:
         raise ProviderError(

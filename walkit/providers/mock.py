@@ -35,11 +35,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..clock import Clock, SystemClock
-from ..errors import ConfigError, ProviderError, ProviderUnavailableError, RateLimitError, StorageLimitError, WalkitError
-from ..walwriter import append_json_line
-from .base import ExternalBackupProvider, Limits, StoredBackup, UploadData
-from .filesystem import (
+from walkit.clock import Clock, SystemClock
+from walkit.errors import ConfigError, ProviderError, ProviderUnavailableError, RateLimitError, StorageLimitError, WalkitError
+from walkit.providers.base import ExternalBackupProvider, Limits, StoredBackup, UploadData
+from walkit.providers.filesystem import (
     _alias,
     _copy,
     _exclusive,
@@ -57,6 +56,7 @@ from .filesystem import (
     _sweep,
     _to_stored,
 )
+from walkit.wal.writer import append_json_line
 
 __all__ = ["MockExternalBackupProvider", "OUTCOMES"]
 

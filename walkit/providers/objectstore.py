@@ -27,11 +27,10 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..clock import Clock, SystemClock
-from ..errors import ConfigError, ProviderError, ProviderUnavailableError, WalkitError
-from ..walwriter import fsync_dir
-from .base import ExternalBackupProvider, StoredBackup, UploadData, check_download
-from .filesystem import (
+from walkit.clock import Clock, SystemClock
+from walkit.errors import ConfigError, ProviderError, ProviderUnavailableError, WalkitError
+from walkit.providers.base import ExternalBackupProvider, StoredBackup, UploadData, check_download
+from walkit.providers.filesystem import (
     FORMAT,
     SIDECAR,
     _copy,
@@ -43,6 +42,7 @@ from .filesystem import (
     _to_stored,
     _write_atomic,
 )
+from walkit.wal.writer import fsync_dir
 
 __all__ = ["ObjectStoreBackupProvider"]
 

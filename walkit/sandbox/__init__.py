@@ -30,11 +30,11 @@ from types import TracebackType
 
 import bson
 
-from ..clock import Clock
-from ..errors import SandboxError
-from .engine import SANDBOX_NOTICE, Engine
-from .server import SandboxTCPServer
-from .wire import OP_MSG, BadMessageError, ProtocolError, read_request
+from walkit.clock import Clock
+from walkit.errors import SandboxError
+from walkit.sandbox.engine import SANDBOX_NOTICE, Engine
+from walkit.sandbox.server import SandboxTCPServer
+from walkit.sandbox.wire import OP_MSG, BadMessageError, ProtocolError, read_request
 
 __all__ = ["Sandbox", "SandboxProcess", "start", "SANDBOX_NOTICE", "DEFAULT_OPLOG_SIZE"]
 

@@ -67,10 +67,19 @@ from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 from mongomock_ng.aggregate import process_pipeline
 
-from .engine import SYSTEM_DBS, Ctx, Engine
-from .errors import CommandError
-from .oplog import EXPANDED_OPS, KIND_EVENT, KIND_HIGH_WATER, KIND_INVALIDATE, MAX_INDEX, Entry, Position, decode_token
-from .wire import CODEC, MAX_BSON_SIZE, RAW_CODEC
+from walkit.sandbox.engine import SYSTEM_DBS, Ctx, Engine
+from walkit.sandbox.errors import CommandError
+from walkit.sandbox.oplog import (
+    EXPANDED_OPS,
+    KIND_EVENT,
+    KIND_HIGH_WATER,
+    KIND_INVALIDATE,
+    MAX_INDEX,
+    Entry,
+    Position,
+    decode_token,
+)
+from walkit.sandbox.wire import CODEC, MAX_BSON_SIZE, RAW_CODEC
 
 FULL_DOCUMENT = ("default", "updateLookup", "whenAvailable", "required")
 BEFORE_CHANGE = ("off", "whenAvailable", "required")

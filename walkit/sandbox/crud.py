@@ -25,13 +25,16 @@ from bson.int64 import Int64
 from bson.raw_bson import RawBSONDocument
 from bson.regex import Regex
 
-from . import fastpath, storage  # (storage also patches mongomock-ng on import)
-from .diff import update_description
-from .engine import Ctx, Engine, command
-from .errors import CommandError
-from .sessions import WAIT_FOR_TXN
-from .updates import apply_by_id, update_by_id
-from .wire import CODEC, MAX_BSON_SIZE
+from walkit.sandbox import (
+    fastpath,
+    storage,  # (storage also patches mongomock-ng on import
+)
+from walkit.sandbox.diff import update_description
+from walkit.sandbox.engine import Ctx, Engine, command
+from walkit.sandbox.errors import CommandError
+from walkit.sandbox.sessions import WAIT_FOR_TXN
+from walkit.sandbox.updates import apply_by_id, update_by_id
+from walkit.sandbox.wire import CODEC, MAX_BSON_SIZE
 
 DEFAULT_FIRST_BATCH = 101
 MAX_BATCH_BYTES = MAX_BSON_SIZE
@@ -466,7 +469,7 @@ def _get_more(eng: Engine, ctx: Ctx) -> dict[str, Any]:
     cid = int(ctx.body["getMore"])
     cursor = eng.get_cursor(cid)
     if cursor.kind == "changestream":
-        from .changestream import get_more
+        from walkit.sandbox.changestream import get_more
 
         return get_more(eng, cid, cursor, ctx.arg("batchSize"), ctx.arg("maxTimeMS"))
     batch, rest = take_batch(cursor.docs, int(ctx.arg("batchSize") or 0))
@@ -496,7 +499,7 @@ def _aggregate(eng: Engine, ctx: Ctx) -> dict[str, Any]:
         raise CommandError(14, "'pipeline' option must be specified as an array")
     batch_size = (ctx.arg("cursor") or {}).get("batchSize")
     if pipeline and isinstance(pipeline[0], dict) and "$changeStream" in pipeline[0]:
-        from .changestream import open_stream
+        from walkit.sandbox.changestream import open_stream
 
         return open_stream(eng, ctx, pipeline, batch_size)
     target = ctx.body[ctx.name]

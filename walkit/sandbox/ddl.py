@@ -50,10 +50,10 @@ from typing import Any
 import mongomock_ng
 from bson.int64 import Int64
 
-from .crud import cursor_reply
-from .engine import SYSTEM_DBS, CollInfo, Ctx, Engine, command
-from .errors import CommandError
-from .options import (
+from walkit.sandbox.crud import cursor_reply
+from walkit.sandbox.engine import SYSTEM_DBS, CollInfo, Ctx, Engine, command
+from walkit.sandbox.errors import CommandError
+from walkit.sandbox.options import (
     VALIDATION_ACTIONS,
     VALIDATION_LEVELS,
     collection_options,

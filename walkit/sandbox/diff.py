@@ -27,7 +27,7 @@ import bson
 from bson.int64 import Int64
 from bson.objectid import ObjectId
 
-from .wire import CODEC
+from walkit.sandbox.wire import CODEC
 
 #: Types whose values are equal exactly when their BSON encodings are (a float is not: -0.0 == 0.0).
 _PLAIN = frozenset({str, int, bool, type(None), Int64, ObjectId})

@@ -29,11 +29,11 @@ from bson.int64 import Int64
 from bson.objectid import ObjectId
 from bson.timestamp import Timestamp
 
-from ..clock import Clock, SystemClock
-from . import options as options_
-from .errors import CommandError
-from .oplog import Entry, Oplog
-from .wire import MAX_BSON_SIZE, MAX_MESSAGE_SIZE, Request
+from walkit.clock import Clock, SystemClock
+from walkit.sandbox import options as options_
+from walkit.sandbox.errors import CommandError
+from walkit.sandbox.oplog import Entry, Oplog
+from walkit.sandbox.wire import MAX_BSON_SIZE, MAX_MESSAGE_SIZE, Request
 
 log = logging.getLogger("walkit.sandbox")
 
@@ -121,7 +121,7 @@ class Engine:
         host: str = "127.0.0.1:27017",
         set_name: str | None = "rs0",
     ) -> None:
-        from .sessions import Sessions
+        from walkit.sandbox.sessions import Sessions
 
         self.clock = clock or SystemClock()
         self.lock = threading.RLock()
@@ -415,4 +415,3 @@ def _get_parameter(eng: Engine, ctx: Ctx) -> dict[str, Any]:
 
 
 # Import for their registrations.
-from . import changestream, crud, ddl, sessions  # noqa: E402,F401

@@ -50,8 +50,8 @@ from bson.regex import Regex
 from bson.timestamp import Timestamp
 from mongomock_ng.helpers import patch_datetime_awareness_in_document
 
-from . import storage
-from .wire import CODEC, RAW_CODEC
+from walkit.sandbox import storage
+from walkit.sandbox.wire import CODEC, RAW_CODEC
 
 __all__ = ["apply_update", "insert", "scan"]
 

@@ -34,12 +34,12 @@ from typing import Any
 
 import bson
 
-from ..clock import SimulatedClock
-from ..errors import SandboxError
-from . import DEFAULT_OPLOG_SIZE, HOST, Sandbox, SandboxProcess
-from .engine import Ctx, Engine, command
-from .errors import CommandError
-from .wire import OP_MSG, read_request
+from walkit.clock import SimulatedClock
+from walkit.errors import SandboxError
+from walkit.sandbox import DEFAULT_OPLOG_SIZE, HOST, Sandbox, SandboxProcess
+from walkit.sandbox.engine import Ctx, Engine, command
+from walkit.sandbox.errors import CommandError
+from walkit.sandbox.wire import OP_MSG, read_request
 
 __all__ = ["LinkedClock", "LinkedSandboxProcess"]
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from bson.timestamp import Timestamp
 
-from ..clock import Clock
+from walkit.clock import Clock
 
 #: Token kinds; the order matters: an invalidate sorts after its cause and a
 #: high-water mark after every event at its clusterTime.
@@ -188,7 +188,7 @@ class Oplog:
     def check(self, after: Position) -> None:
         """Raise ChangeStreamHistoryLost (286) when :meth:`lost` says so."""
         if self.lost(after):
-            from .errors import CommandError
+            from walkit.sandbox.errors import CommandError
 
             raise CommandError(286, "Resume of change stream was not possible, as the resume point may no longer be in the oplog.")
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from bson.int64 import Int64
 
-from .errors import CommandError
+from walkit.sandbox.errors import CommandError
 
 ID_INDEX: dict[str, Any] = {"v": 2, "key": {"_id": 1}, "name": "_id_"}
 

@@ -20,9 +20,9 @@ import socketserver
 import threading
 from typing import Any
 
-from .engine import Engine
-from .errors import CommandError
-from .wire import BadMessageError, ProtocolError, Request, encode_reply, read_request
+from walkit.sandbox.engine import Engine
+from walkit.sandbox.errors import CommandError
+from walkit.sandbox.wire import BadMessageError, ProtocolError, Request, encode_reply, read_request
 
 log = logging.getLogger("walkit.sandbox")
 

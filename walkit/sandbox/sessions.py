@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING, Any
 
 import bson
 
-from .errors import CommandError
-from .oplog import Entry
+from walkit.sandbox.errors import CommandError
+from walkit.sandbox.oplog import Entry
 
 if TYPE_CHECKING:
-    from .engine import Ctx, Engine, Handler
+    from walkit.sandbox.engine import Ctx, Engine, Handler
 
 TRANSIENT = ["TransientTransactionError"]
 RETRYABLE_WRITES = {"insert", "update", "delete", "findandmodify"}
@@ -236,7 +236,7 @@ def _abort(eng: Engine, ctx: Ctx) -> dict[str, Any]:
 
 
 def _register() -> None:
-    from .engine import command
+    from walkit.sandbox.engine import command
 
     command("commitTransaction")(_commit)
     command("abortTransaction")(_abort)

@@ -35,7 +35,7 @@ from bson.objectid import ObjectId
 from bson.regex import Regex
 from mongomock_ng.filtering import filter_applies
 
-from .wire import CODEC
+from walkit.sandbox.wire import CODEC
 
 # -- documents keyed by _id equality -----------------------------------------------
 

@@ -16,8 +16,8 @@ from typing import Any, NoReturn
 
 import mongomock_ng
 
-from . import storage
-from .errors import CommandError
+from walkit.sandbox import storage
+from walkit.sandbox.errors import CommandError
 
 
 def _array_at(doc: Any, path: str) -> Any:

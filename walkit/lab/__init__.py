@@ -1,0 +1,1 @@
+"""Notebook support: simulation, workload, plots, the restore explorer and its widgets, the story and demo."""

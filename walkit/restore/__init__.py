@@ -1,0 +1,1 @@
+"""Point-in-time restore from local state: snapshots, the (pure) plan, replay, collection metadata."""

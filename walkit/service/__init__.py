@@ -1,0 +1,1 @@
+"""The long-running worker, its configuration, HTTP API and logs."""

@@ -1,0 +1,1 @@
+"""The write-ahead log: its format, writer, reader and change capture."""

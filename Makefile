@@ -23,6 +23,8 @@ lab: $(BIN)/.installed
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check walkit tests bench
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 tools:
 	@sh scripts/ensure-tools.sh

@@ -6,10 +6,9 @@ change.  See README.md for the strategy and the commands.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from typing import TYPE_CHECKING
 
+from walkit._version import __version__
 from walkit.clock import Clock, SimulatedClock, SystemClock
 from walkit.compat import BackgroundCapture, create_wal_writer
 from walkit.errors import (

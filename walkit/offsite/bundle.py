@@ -50,14 +50,14 @@ import zstandard
 from bson.int64 import Int64
 from bson.timestamp import Timestamp
 
-from walkit import __version__
+from walkit._fs import fsync_dir
+from walkit._version import __version__
 from walkit.clock import Clock, SystemClock
 from walkit.errors import BundleError, ConfigError, SnapshotError
 from walkit.home import Home
 from walkit.restore.snapshot import SnapshotInfo, load_snapshot
 from walkit.wal.format import FORMAT as WAL_FORMAT
 from walkit.wal.format import FrameError, Record, Segment, list_segments, summarize
-from walkit.wal.writer import fsync_dir
 
 __all__ = [
     "Bundle",

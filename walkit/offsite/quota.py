@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from walkit._fs import append_json_line
 from walkit.clock import Clock, SystemClock
 from walkit.errors import ConfigError, QuotaError, QuotaExceededError
-from walkit.wal.writer import append_json_line
 
 __all__ = ["QuotaLedger", "Call", "WINDOWS"]
 

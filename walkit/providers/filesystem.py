@@ -37,10 +37,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from walkit._fs import fsync_dir
 from walkit.clock import Clock, SystemClock
 from walkit.errors import ConfigError, ProviderError, ProviderUnavailableError, RateLimitError, StorageLimitError
 from walkit.providers.base import CHUNK, ExternalBackupProvider, Limits, StoredBackup, UploadData, check_download, open_upload
-from walkit.wal.writer import fsync_dir
 
 __all__ = ["FileSystemBackupProvider"]
 

@@ -35,6 +35,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from walkit._fs import append_json_line
 from walkit.clock import Clock, SystemClock
 from walkit.errors import ConfigError, ProviderError, ProviderUnavailableError, RateLimitError, StorageLimitError, WalkitError
 from walkit.providers.base import ExternalBackupProvider, Limits, StoredBackup, UploadData
@@ -56,7 +57,6 @@ from walkit.providers.filesystem import (
     _sweep,
     _to_stored,
 )
-from walkit.wal.writer import append_json_line
 
 __all__ = ["MockExternalBackupProvider", "OUTCOMES"]
 

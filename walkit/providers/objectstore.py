@@ -27,6 +27,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from walkit._fs import fsync_dir
 from walkit.clock import Clock, SystemClock
 from walkit.errors import ConfigError, ProviderError, ProviderUnavailableError, WalkitError
 from walkit.providers.base import ExternalBackupProvider, StoredBackup, UploadData, check_download
@@ -42,7 +43,6 @@ from walkit.providers.filesystem import (
     _to_stored,
     _write_atomic,
 )
-from walkit.wal.writer import fsync_dir
 
 __all__ = ["ObjectStoreBackupProvider"]
 

@@ -44,7 +44,9 @@ from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 from pymongo import errors as pm
 
-from walkit import __version__
+from walkit._fs import fsync_dir as _fsync_dir
+from walkit._fs import write_synced as _write_json
+from walkit._version import __version__
 from walkit.clock import Clock, SystemClock
 from walkit.errors import SnapshotError, WalkitError
 from walkit.home import Home
@@ -52,7 +54,6 @@ from walkit.mongo import connect, describe_error, require_replica_set
 from walkit.restore.catalog import clean_options
 from walkit.restore.dumpnames import dump_stem
 from walkit.wal.format import list_segments
-from walkit.wal.writer import fsync_dir as _fsync_dir
 
 __all__ = ["take_snapshot", "list_snapshots", "load_snapshot", "SnapshotInfo", "CollectionEntry"]
 
@@ -168,13 +169,6 @@ def _server_time(client: Any, session: Any) -> tuple[Timestamp, datetime]:
     if not isinstance(ts, Timestamp) or not isinstance(wall, datetime):
         raise SnapshotError("the server reported no cluster time; snapshots need a replica set (or the sandbox)")
     return ts, wall if wall.tzinfo else wall.replace(tzinfo=UTC)
-
-
-def _write_json(path: Path, text: str) -> None:
-    with path.open("w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def take_snapshot(

@@ -29,7 +29,6 @@ not read the file back, plus one segment being compressed.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import struct
@@ -47,7 +46,8 @@ from bson.int64 import Int64
 from bson.raw_bson import RawBSONDocument
 from bson.timestamp import Timestamp
 
-from walkit import __version__
+from walkit._fs import fsync_dir
+from walkit._version import __version__
 from walkit.clock import Clock, SystemClock
 from walkit.errors import WALCorruptError
 from walkit.wal.format import FORMAT, FRAME, RAW, FrameError, Segment, frame, list_segments, segment_name, verify
@@ -70,34 +70,6 @@ MISSING_ADVICE = (
     "nothing was written. Put the file back, or move every segment after the gap out of the WAL folder "
     "(keep them) and restart capture, which resumes after the last segment before the gap"
 )
-
-
-def append_json_line(path: Path, record: dict[str, Any]) -> None:
-    """Append one JSON line and fsync it (and the folder when the file is new).
-
-    A torn last line (a crash while appending) is cut off first, so the log stays
-    readable; only call with the log's lock held.
-    """
-    new = not path.exists()
-    with path.open("a+b") as f:
-        end = f.seek(0, os.SEEK_END)
-        if end and os.pread(f.fileno(), 1, end - 1) != b"\n":
-            f.seek(0)
-            f.truncate(f.read().rfind(b"\n") + 1)
-        f.write(json.dumps(record, default=str).encode() + b"\n")
-        f.flush()
-        os.fsync(f.fileno())
-    if new:
-        fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a folder's entries (created, renamed, removed files) durable; given a file, its data."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 #: Background compressions by WAL folder, so that a writer opened on a folder (in this

@@ -40,6 +40,16 @@ class Home:
     def wal_dir(self) -> Path:
         return self.path / "wal"
 
+    def existing(self) -> Home:
+        """This home if its folder exists; ConfigError (exit 2) naming it otherwise, so that a
+        command reading a home never reports a mistyped one as empty."""
+        if not self.path.is_dir():
+            raise ConfigError(
+                f"no walkit home at {self.path}: give the right --home (or $WALKIT_HOME); "
+                "`walkit capture` or `walkit snapshot` creates one"
+            )
+        return self
+
     def create(self) -> Home:
         """Make the folders (a new home is fine; an existing one is kept as it is)."""
         try:

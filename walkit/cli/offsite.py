@@ -137,7 +137,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from walkit.offsite.status import describe, status
 
-    home = Home(args.home)
+    home = Home(args.home).existing()
     ledger = _ledger(args, home)
     provider = _provider(args, home, ledger) if args.check_provider else None
     report = status(home, ledger, provider)

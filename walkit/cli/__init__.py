@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC
 from pathlib import Path
 
-from walkit import __version__
+from walkit._version import __version__
 from walkit.cli.offsite import add_age_identity, add_provider, register
 from walkit.cli.service import register as register_service
 from walkit.errors import ConfigError, WalkitError
@@ -28,8 +28,28 @@ Command = Callable[[argparse.Namespace], int]
 
 
 def add_home(parser: argparse.ArgumentParser) -> None:
-    """Give a command the ``--home DIR`` option."""
+    """Give a command the ``--home DIR`` and ``--config FILE`` options."""
     parser.add_argument("--home", type=Path, default=None, metavar="DIR", help="walkit's local state folder (default: $WALKIT_HOME, else ./.walkit)")
+    parser.add_argument(
+        "--config", type=Path, metavar="FILE",
+        help="a TOML file of settings (default: $WALKIT_CONFIG); the environment wins over it, options over both",
+    )
+
+
+def _config_into_environment(args: argparse.Namespace) -> None:
+    """One configuration path for every command: defaults < the TOML file (``--config``, else
+    ``$WALKIT_CONFIG``) < the environment < options.  The file's settings become environment
+    variables where the environment has none; every command reads options first, then those."""
+    file = getattr(args, "config", None) or os.environ.get("WALKIT_CONFIG")
+    if not file:
+        return
+    from walkit.service.config import load_config
+
+    config = load_config(environ={}, file=file)
+    values = config.environ()
+    for name, source in config.sources.items():
+        if source.startswith("file") and not os.environ.get(name, "").strip() and name in values:
+            os.environ[name] = values[name]
 
 
 def _positive(text: str) -> int:
@@ -216,7 +236,7 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
 
     from walkit.restore.snapshot import list_snapshots
 
-    snaps = list_snapshots(Home(args.home))
+    snaps = list_snapshots(Home(args.home).existing())
     if args.json:
         print(json.dumps([s.as_dict() for s in snaps], indent=2))
         return 0
@@ -273,7 +293,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from walkit.lab.demo import run_demo
 
-    return run_demo(uri=args.uri, out=sys.stdout)
+    return run_demo(uri=args.uri or os.environ.get("MONGODB_URI"), out=sys.stdout)
 
 
 # -- parser --------------------------------------------------------------------
@@ -315,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
             "print every change event the stream delivered."
         ),
     )
-    p.add_argument("--uri", default=os.environ.get("MONGODB_URI"), help="use this MongoDB replica set instead of a sandbox")
+    p.add_argument("--uri", default=None, help="use this MongoDB replica set instead of a sandbox (default: $MONGODB_URI)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser(
@@ -438,6 +458,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if args.func.__module__ != "walkit.cli.service":  # run, serve and config read the file themselves
+            _config_into_environment(args)
         return args.func(args)
     except BrokenPipeError:  # e.g. `walkit wal show | head`
         sys.stderr.close()

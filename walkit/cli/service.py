@@ -8,7 +8,6 @@ import json
 import logging
 import signal
 import sys
-from pathlib import Path
 from typing import Any
 
 from walkit.home import Home
@@ -175,8 +174,7 @@ def register(sub: Any, add_home: Any) -> None:
     epilog = f"settings (environment variables, or the same names in the --config TOML file):\n{table}"
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--config", type=Path, metavar="FILE", help="a TOML file of settings (default: $WALKIT_CONFIG); the environment wins over it")
-        add_home(p)
+        add_home(p)  # --home and --config
 
     def http(p: argparse.ArgumentParser) -> None:
         p.add_argument("--host", metavar="ADDR", help="address to bind (default: $WALKIT_API_HOST, else 127.0.0.1: loopback only)")

@@ -484,7 +484,7 @@ class ExplorerController:
             w.VBox([w.HTML(_STYLE), self.summary, self.timeline, self.instant_box, self.events_html, self.preview_html, self.restore_box]),
             "walkit-explorer",
         )
-        self.widget.controller = self  # type: ignore[attr-defined]
+        self.widget.controller = self
 
         self.picker.observe(self._on_picker, names="value")
         self.slider.observe(self._on_slider, names="value")

@@ -40,7 +40,7 @@ from walkit.sandbox.wire import CODEC
 # -- documents keyed by _id equality -----------------------------------------------
 
 
-class _IdKey(tuple):  # type: ignore[type-arg]
+class _IdKey(tuple):
     """A canonical, hashable form of an ``_id`` (equal exactly when MongoDB says so)."""
 
 
@@ -69,7 +69,7 @@ def id_key(value: Any) -> _IdKey:
     return _IdKey(("bson", bson.encode({"v": value}, codec_options=CODEC)[4:]))
 
 
-class _IdKeyed(collections.OrderedDict):  # type: ignore[type-arg]
+class _IdKeyed(collections.OrderedDict):
     """mongomock-ng's document table, keyed by :func:`id_key`."""
 
     def __contains__(self, key: object) -> bool:
@@ -150,7 +150,7 @@ def stored(coll: Any, key: Any) -> dict[str, Any] | None:
     """
     store = coll._store
     store._remove_expired_documents()
-    return store._documents.get(key)  # type: ignore[no-any-return]
+    return store._documents.get(key)
 
 
 def store_doc(coll: Any, doc: dict[str, Any]) -> None:
@@ -162,7 +162,7 @@ def pop_doc(coll: Any, key: Any) -> dict[str, Any] | None:
     """Remove the document with ``_id`` ``key`` and return it (it is no longer stored: the caller owns it)."""
     store = coll._store
     store._remove_expired_documents()
-    return store._documents.pop(key, None)  # type: ignore[no-any-return]
+    return store._documents.pop(key, None)
 
 
 # -- arithmetic update operators ---------------------------------------------------

@@ -62,7 +62,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
-class _ScrubbingHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _ScrubbingHandler(logging.StreamHandler):
     """Scrubs the whole formatted line: the message, extra fields, exception text."""
 
     def __init__(self, stream: TextIO, scrubber: Scrubber) -> None:

@@ -48,16 +48,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import bson
 import pymongo
+from bench_restore import capturing, wait_for_events  # the sibling scripts: bench/ is on sys.path when run
 from bench_wal import WORDS  # the sibling script: bench/ is on sys.path when run
 from bson.binary import Binary
 from bson.codec_options import CodecOptions
@@ -66,7 +65,6 @@ from bson.raw_bson import RawBSONDocument
 import walkit
 from walkit.home import Home
 from walkit.sandbox import Sandbox
-from walkit.wal.capture import ChangeCapture
 from walkit.wal.format import read_records
 
 RAW = CodecOptions(document_class=RawBSONDocument, tz_aware=True)
@@ -105,42 +103,6 @@ def make_doc(rng: random.Random, i: int, size: int, rev: int = 0) -> dict[str, A
 
 
 # -- capture (as bench_restore.capturing / tests/helpers.capturing) -----------------------------------------
-
-
-@contextmanager
-def capturing(uri: str, home: Home, database: str) -> Iterator[ChangeCapture]:
-    """ChangeCapture of ``database`` in a thread, its stream open; stopped (its errors raised) on exit."""
-    cap = ChangeCapture(uri, home, database=database, fsync_interval=0.05, initial_snapshot=False)
-    failures: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            cap.run()
-        except BaseException as exc:  # raised in the main thread on exit
-            failures.append(exc)
-
-    thread = threading.Thread(target=run, name="bench-capture", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while cap.stats.checkpoints == 0 and not failures:  # the stream is open: writes from now on are seen
-        if time.monotonic() > deadline:
-            raise SystemExit("capture did not open its change stream in 30 s")
-        time.sleep(0.01)
-    try:
-        yield cap
-    finally:
-        cap.stop()
-        thread.join(60)
-        if failures:
-            raise failures[0]
-
-
-def wait_for_events(cap: ChangeCapture, count: int, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while cap.stats.events < count:
-        if time.monotonic() > deadline:
-            raise SystemExit(f"capture saw {cap.stats.events} of {count} events in {timeout:g} s")
-        time.sleep(0.02)
 
 
 # -- measuring ----------------------------------------------------------------------------------------------
@@ -257,7 +219,7 @@ def build(box: Sandbox, home: Home, docs: int, size: int, changes: int) -> tuple
         coll.insert_many([make_doc(rng, i, size) for i in range(first, min(docs, first + 8))])
     print(f"  inserted {docs} documents in {time.perf_counter() - start:.1f} s", flush=True)
     start = time.perf_counter()
-    with capturing(box.uri, home, DB) as cap:
+    with capturing(box.uri, home.path, DB) as cap:
         walkit.take_snapshot(box.uri, home, database=DB, progress=False)
         for k in range(changes):
             i, rev = k % docs, k // docs + 1

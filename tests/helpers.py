@@ -13,8 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from walkit import replay
 from walkit.home import Home
+from walkit.restore import replay
 from walkit.wal.capture import ChangeCapture
 
 

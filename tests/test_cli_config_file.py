@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pymongo
 import pytest
+from bson import json_util
 
 from tests.helpers import unique
 
@@ -65,7 +66,7 @@ def test_every_command_reads_the_home_and_uri_from_the_file(setup: tuple[dict[st
         r = run(env, *argv)
         assert r.returncode == 0, (argv, r.stderr)
     shown = run(env, "wal", "show", "--json")
-    seqs = [json.loads(line)["seq"] for line in shown.stdout.splitlines()]
+    seqs = [int(json_util.loads(line)["seq"]) for line in shown.stdout.splitlines()]
     r = run(env, "restore", "--seq", str(seqs[-1]), "--to-dump", str(tmp_path / "dump"))
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "dump" / db / "items.bson").stat().st_size > 0

@@ -87,7 +87,7 @@ def test_secrets_are_never_shown() -> None:
 
 
 def test_environ_feeds_the_provider_settings() -> None:
-    from walkit import settings
+    from walkit.service import settings
 
     config = load_config(environ={"BACKUP_USE_FILESYSTEM": "yes"})
     assert settings.provider_kind(None, config.environ()) == "filesystem"

@@ -136,9 +136,10 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> object:
-    # The sandbox needs the [sandbox] extra (mongomock-ng): import it on first use.
-    if name == "sandbox":
+    # The sandbox needs the [sandbox] extra (mongomock-ng), the lab's modules pandas and matplotlib:
+    # each is imported on first use.
+    if name in ("sandbox", "simulate", "plots", "widgets"):  # the notebooks' modules, on first use
         import importlib
 
-        return importlib.import_module(".sandbox", __name__)
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'walkit' has no attribute {name!r}")

@@ -17,8 +17,8 @@ import pytest
 
 from tests.helpers import capturing, unique
 from walkit import Target, metadata_at, state_at, take_snapshot
-from walkit import capture as capture_module
 from walkit.home import Home
+from walkit.wal import capture as capture_module
 from walkit.wal.format import read_records
 
 

@@ -164,9 +164,9 @@ def import_problems(source: str) -> list[str]:
 
 
 def test_import_rule_itself() -> None:
-    ok = "import os, json\nimport walkit\nimport walkit.lab.simulate\nfrom walkit import Home, Target\nfrom walkit.lab.plots import x\nimport pandas as pd\nfrom bson import json_util\nwalkit.sandbox.Sandbox(0)"
+    ok = "import os, json\nimport walkit\nimport walkit.simulate\nfrom walkit import Home, Target\nfrom walkit.plots import x\nimport pandas as pd\nfrom bson import json_util\nwalkit.sandbox.Sandbox(0)"
     assert import_problems(ok) == []
-    bad = "from walkit.offsite.upload import quota_dir\nfrom walkit import settings\nimport walkit.offsite.bundle\nimport requests\nwalkit.replay\nfrom . import x"
+    bad = "from walkit.upload import quota_dir\nfrom walkit import settings\nimport walkit.bundle\nimport requests\nwalkit.replay\nfrom . import x"
     assert len(import_problems(bad)) == 6
 
 
@@ -198,7 +198,7 @@ def test_all_notebooks_with_defaults_under_a_minute(kernel: str, tmp_path: Path)
     assert total < DEFAULT_BUDGET_S, f"all notebooks together took {total:.1f} s (budget {DEFAULT_BUDGET_S:.0f} s): {timings}"
 
 
-# -- make demo: walkit.lab.story ------------------------------------------------------------------
+# -- make demo: walkit.story ------------------------------------------------------------------
 
 
 def _notebook(path: Path, *sources: str) -> None:

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from walkit import dumpnames
+from walkit.restore import dumpnames
 from walkit.restore.dumpnames import (
     collection_from_stem,
     dump_stem,

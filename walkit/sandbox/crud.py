@@ -25,10 +25,7 @@ from bson.int64 import Int64
 from bson.raw_bson import RawBSONDocument
 from bson.regex import Regex
 
-from walkit.sandbox import (
-    fastpath,
-    storage,  # (storage also patches mongomock-ng on import
-)
+from walkit.sandbox import fastpath, storage  # (storage also patches mongomock-ng on import)
 from walkit.sandbox.diff import update_description
 from walkit.sandbox.engine import Ctx, Engine, command
 from walkit.sandbox.errors import CommandError

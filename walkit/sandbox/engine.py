@@ -415,3 +415,4 @@ def _get_parameter(eng: Engine, ctx: Ctx) -> dict[str, Any]:
 
 
 # Import for their registrations.
+from walkit.sandbox import changestream, crud, ddl, sessions  # noqa: E402,F401

@@ -1,10 +1,14 @@
 """A walkit home: the folder holding one deployment's local state.
 
-Layout (more arrives with snapshots and bundles)::
+Every path inside a home is named here::
 
     HOME/
       writer.lock     held (flock) by the one process that writes the WAL
       wal/            WAL segments: seg-00000001.wal (open), seg-*.wal.zst (sealed)
+      snapshots/      local snapshots, one folder each
+      bundles/        bundles being built or kept
+      quota/          the ledger of the external calls
+      worker.json     the backup worker's heartbeat and counters
 
 Guaranteed: at most one writer per home at a time, across processes; the
 lock is released by the kernel when its holder dies, even by ``kill -9``.
@@ -38,7 +42,33 @@ class Home:
 
     @property
     def wal_dir(self) -> Path:
+        """WAL segments (capture writes them; bundles and restores read them)."""
         return self.path / "wal"
+
+    @property
+    def snapshots_dir(self) -> Path:
+        """Local snapshots, one folder each (``.tmp-*`` while one is written)."""
+        return self.path / "snapshots"
+
+    @property
+    def bundles_dir(self) -> Path:
+        """Bundles being built or kept (``walkit bundle``, the day's upload)."""
+        return self.path / "bundles"
+
+    @property
+    def quota_dir(self) -> Path:
+        """The quota ledger of the external calls."""
+        return self.path / "quota"
+
+    @property
+    def worker_state(self) -> Path:
+        """``worker.json``: the backup worker's heartbeat and counters."""
+        return self.path / "worker.json"
+
+    @property
+    def writer_lock(self) -> Path:
+        """Held (flock) by the one process writing the WAL."""
+        return self.path / "writer.lock"
 
     def existing(self) -> Home:
         """This home if its folder exists; ConfigError (exit 2) naming it otherwise, so that a
@@ -61,7 +91,7 @@ class Home:
     def lock(self) -> Home:
         """Take the writer lock or raise WALLockedError naming the holder."""
         self.create()
-        path = self.path / "writer.lock"
+        path = self.writer_lock
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -141,7 +141,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     ledger = _ledger(args, home)
     provider = _provider(args, home, ledger) if args.check_provider else None
     report = status(home, ledger, provider)
-    if (home.path / "worker.json").exists():
+    if home.worker_state.exists():
         from walkit.service.worker import worker_state
 
         report["worker"] = worker_state(home)

@@ -307,7 +307,7 @@ def restore_from_external(
             seg = folder / bundle.manifest["wal"]["member"]
             seg.rename(home.wal_dir / seg.name)
             if with_snapshot:
-                snapshots = home.path / "snapshots"
+                snapshots = home.snapshots_dir
                 snapshots.mkdir(exist_ok=True)
                 (folder / "snapshot").rename(snapshots / str(b.snapshot["id"]))  # type: ignore[index]
             shutil.rmtree(folder, ignore_errors=True)

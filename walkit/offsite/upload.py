@@ -41,11 +41,11 @@ __all__ = ["Policy", "UploadResult", "upload", "prepare_bundle", "offsite_positi
 
 
 def bundles_dir(home: Home) -> Path:
-    return home.path / "bundles"
+    return home.bundles_dir
 
 
 def quota_dir(home: Home) -> Path:
-    return home.path / "quota"
+    return home.quota_dir
 
 
 @dataclass(frozen=True)

@@ -137,7 +137,7 @@ class SnapshotInfo:
 
 
 def snapshots_dir(home: Home) -> Path:
-    return home.path / "snapshots"
+    return home.snapshots_dir
 
 
 def _in_scope(name: str, collections: Sequence[str], exclude: Sequence[str]) -> bool:

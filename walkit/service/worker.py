@@ -454,7 +454,7 @@ class BackupService:
 
     def _write_state(self) -> None:
         """Rewrite worker.json atomically (one writer at a time); a failure is logged, never raised."""
-        path = self.home.path / "worker.json"
+        path = self.home.worker_state
         if not self.home.path.is_dir():
             return
         tmp = path.with_name(".worker.json.tmp")
@@ -504,7 +504,7 @@ def create_backup_service(
 
 def _read_state(home: Home) -> tuple[dict[str, Any], float] | None:
     """HOME/worker.json and its mtime (None: no worker has written it, or it is unreadable)."""
-    path = home.path / "worker.json"
+    path = home.worker_state
     try:
         mtime = path.stat().st_mtime
         state = json.loads(path.read_text())

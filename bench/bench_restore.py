@@ -372,7 +372,7 @@ def peak_rss_kb() -> int:
 
 def child_restore(spec: dict[str, Any]) -> None:
     """Run in a fresh process: one restore, then print its timings and peak RSS as JSON."""
-    restore_module = importlib.import_module("walkit.restore.local")  # the module: walkit.restore.local is also the function
+    restore_module = importlib.import_module("walkit.restore.local")  # the module: walkit.restore is the function
 
     planning = [0.0]
     prepare = restore_module.prepare_restore

@@ -43,7 +43,6 @@ import gc
 import json
 import os
 import random
-import resource
 import shutil
 import subprocess
 import sys
@@ -56,7 +55,7 @@ from typing import Any
 
 import bson
 import pymongo
-from bench_restore import capturing, wait_for_events  # the sibling scripts: bench/ is on sys.path when run
+from bench_restore import capturing, peak_rss_kb, wait_for_events  # the sibling scripts: bench/ is on sys.path when run
 from bench_wal import WORDS  # the sibling script: bench/ is on sys.path when run
 from bson.binary import Binary
 from bson.codec_options import CodecOptions
@@ -121,17 +120,6 @@ def best(reps: int, fn: Callable[[int], Any], after: Callable[[int, Any], None] 
         if after is not None:
             after(rep, result)
     return min(runs, key=lambda r: r[0])
-
-
-def peak_rss_kb() -> int:
-    """This process's peak RSS in KB: VmHWM (``ru_maxrss`` where /proc is missing)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def child_dump(spec: dict[str, Any]) -> None:

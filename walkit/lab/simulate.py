@@ -408,11 +408,14 @@ def _windows(home: Any, snaps: list[Any], uploads: list[dict[str, Any]]) -> Any:
 
 def _restored(mock: Any, target: Any, folder: Path) -> dict[str, list[bytes]]:
     """The state a restore from the external bundles alone gives, as raw BSON per collection."""
+    import json
+
     import bson
     from bson.codec_options import CodecOptions
     from bson.raw_bson import RawBSONDocument
 
     from walkit.offsite.external import restore_from_external
+    from walkit.restore.dumpnames import collection_from_stem
 
     restore_from_external(mock, target, to_dump=folder, progress=False)
     out = {}
@@ -420,7 +423,9 @@ def _restored(mock: Any, target: Any, folder: Path) -> dict[str, list[bytes]]:
         with path.open("rb") as f:
             docs = [bytes(d.raw) for d in bson.decode_file_iter(f, CodecOptions(document_class=RawBSONDocument))]
         if docs:
-            out[f"{path.parent.name}.{path.stem}"] = sorted(docs, key=lambda raw: bson.decode(raw)["_id"])
+            meta = json.loads(path.with_name(path.stem + ".metadata.json").read_text(encoding="utf-8"))
+            name = collection_from_stem(path.stem, meta.get("collectionName"))  # file names are escaped as mongodump's
+            out[f"{path.parent.name}.{name}"] = sorted(docs, key=lambda raw: bson.decode(raw)["_id"])
     return out
 
 

@@ -26,7 +26,6 @@ the nearest later snapshot holding the collection) is the best guess.
 
 from __future__ import annotations
 
-import copy
 import uuid as uuidlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,8 +34,9 @@ from typing import Any
 import bson
 from bson.codec_options import CodecOptions, DatetimeConversion
 
-__all__ = ["Catalog", "CollectionMeta", "ID_INDEX", "clean_options", "is_ddl"]
+__all__ = ["Catalog", "CollectionMeta", "DOC", "ID_INDEX", "clean_options", "is_ddl"]
 
+#: Documents decoded for changing them: plain dicts, every BSON type kept (re-encodes to the same bytes).
 DOC: CodecOptions[dict[str, Any]] = CodecOptions(tz_aware=True, datetime_conversion=DatetimeConversion.DATETIME_AUTO)
 ID_INDEX: dict[str, Any] = {"v": 2, "key": {"_id": 1}, "name": "_id_"}
 Namespace = tuple[str, str]
@@ -162,12 +162,6 @@ class Catalog:
         elif op == "modify":
             self.ddl_events += 1
             _modify(meta, desc)
-
-    def copy(self) -> Catalog:
-        out = Catalog(self.fallback)
-        out.colls = copy.deepcopy(self.colls)
-        out.ddl_events = self.ddl_events
-        return out
 
 
 def _decoded(value: Any) -> dict[str, Any]:

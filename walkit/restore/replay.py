@@ -29,19 +29,16 @@ from typing import Any
 
 import bson
 from bson import json_util
-from bson.codec_options import CodecOptions, DatetimeConversion
 from bson.raw_bson import RawBSONDocument
 from pymongo import DeleteOne, ReplaceOne, UpdateOne
 from pymongo import errors as pm
 
 from walkit.errors import RestoreError
 from walkit.mongo import describe_error
-from walkit.restore.catalog import Catalog, is_ddl
+from walkit.restore.catalog import DOC, Catalog, is_ddl
 
 __all__ = ["MemoryState", "MongoTarget", "apply_update_description", "namespace_of"]
 
-#: Documents decoded for changing them: plain dicts, every BSON type kept (re-encodes to the same bytes).
-DOC: CodecOptions[dict[str, Any]] = CodecOptions(tz_aware=True, datetime_conversion=DatetimeConversion.DATETIME_AUTO)
 Namespace = tuple[str, str]
 #: Documents up to this size stay decoded once updated (cheap repeated updates); larger ones go back to BSON.
 KEEP_DECODED = 64 << 10

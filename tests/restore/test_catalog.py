@@ -106,3 +106,28 @@ def test_memory_state_updates_documents_of_any_size(size: int) -> None:
     docs = [bson.decode(raw, DOC) for raw in state.documents(NS)]
     assert docs == [dict(big, n=1, sub={"a": [1, 9, 3]}), {"_id": 2, "blob": "y" * size, "n": 0}]
     assert all(isinstance(raw, bytes) for raw in state.documents(NS))
+
+
+def test_a_dump_into_a_read_only_folder_is_a_clear_error(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk or a read-only folder is the user's to fix: a RestoreError naming the path, nothing left."""
+    import os
+
+    from walkit.errors import RestoreError
+    from walkit.restore import local
+
+    state = MemoryState()
+    state.apply(event("insert", documentKey={"_id": 1}, fullDocument={"_id": 1, "x": "y" * 5000}), NS)
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    os.chmod(parent, 0o500)
+    try:
+        if os.access(parent, os.W_OK):  # root ignores the mode bits: make the write fail the way a full disk does
+            def full(*_: Any, **__: Any) -> None:
+                raise OSError(28, "No space left on device", str(parent / "dump"))
+
+            monkeypatch.setattr(local, "write_synced", full)
+        with pytest.raises(RestoreError, match="cannot write the dump at .*ro"):
+            local._write_dump(state, None, parent / "dump", None, local.RestoreResult(None))  # type: ignore[arg-type]
+        assert not [p for p in parent.iterdir() if p.name != "dump"] and not (parent / "dump").exists()
+    finally:
+        os.chmod(parent, 0o700)

@@ -40,6 +40,7 @@ from bson.json_util import CANONICAL_JSON_OPTIONS
 from bson.timestamp import Timestamp
 from pymongo import errors as pm
 
+from walkit._fs import write_synced
 from walkit.clock import Clock, SystemClock, as_utc
 from walkit.errors import RestoreError, WalkitError
 from walkit.home import Home
@@ -381,11 +382,13 @@ def _write_dump(state: MemoryState, plan: RestorePlan, folder: Path, database: s
                 out.flush()
                 os.fsync(out.fileno())
             meta = json_util.dumps(state.metadata(ns), json_options=CANONICAL_JSON_OPTIONS)
-            (tmp / ns[0] / f"{stem}.metadata.json").write_text(meta, encoding="utf-8")
+            write_synced(tmp / ns[0] / f"{stem}.metadata.json", meta)
         tmp.mkdir(parents=True, exist_ok=True)
         if folder.exists():
             folder.rmdir()
         os.rename(tmp, folder)
+    except OSError as exc:  # a full disk, a read-only folder: the user's to fix, nothing is left behind
+        raise RestoreError(f"cannot write the dump at {exc.filename or folder}: {exc.strerror or exc}; nothing was written there") from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
